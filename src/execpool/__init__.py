@@ -1,0 +1,63 @@
+"""execpool: run Python code on many interpreters at once, over channels.
+
+The low-level API: :func:`makegateway` starts a worker interpreter described by
+an xspec string and returns a :class:`Gateway`; :meth:`Gateway.remote_exec`
+runs code there and returns a :class:`Channel` to talk to it; a :class:`Group`
+manages several gateways.  See the documentation's "Gateways and channels" guide.
+"""
+
+from __future__ import annotations
+
+from ._channel import NO_ENDMARKER, Channel, ChannelFileRead, ChannelFileWrite
+from ._discover import Interpreter, find_interpreters
+from ._errors import (
+    ChannelClosedError,
+    DataFormatError,
+    DumpError,
+    ExecpoolError,
+    GatewayLostError,
+    GatewayStartError,
+    InterpreterNotFound,
+    InterpreterTooOld,
+    ProtocolError,
+    RemoteError,
+    TimeoutError,
+)
+from ._serial import dumps, loads
+from ._xspec import XSpec
+from .gateway import Gateway, RemoteInfo, RemoteStatus
+from .group import Group, MultiChannel, PopenGateway, default_group, makegateway
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_ENDMARKER",
+    "Channel",
+    "ChannelClosedError",
+    "ChannelFileRead",
+    "ChannelFileWrite",
+    "DataFormatError",
+    "DumpError",
+    "ExecpoolError",
+    "Gateway",
+    "GatewayLostError",
+    "GatewayStartError",
+    "Group",
+    "Interpreter",
+    "InterpreterNotFound",
+    "InterpreterTooOld",
+    "MultiChannel",
+    "PopenGateway",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteInfo",
+    "RemoteStatus",
+    "TimeoutError",
+    "XSpec",
+    "__version__",
+    "default_group",
+    "dumps",
+    "find_interpreters",
+    "loads",
+    "makegateway",
+]

@@ -1,0 +1,5 @@
+"""``python -m execpool``: the command line (see :mod:`execpool.cli`)."""
+
+from execpool.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""One connection between a master and a worker: I/O, reader thread, channel table.
+
+``BaseGateway`` is the part of a gateway that both sides share::
+
+    user threads --send_item/_send--> [write lock] --> io.write --> peer
+    peer --> io.read (reader thread, large blocks) --> FrameParser
+         --> DATA: loads() --> channel queue or callback
+         --> CLOSE/CLOSE_ERROR: channel end, CLOSE sent back if not yet sent
+         --> anything else: _handle() of the side (master: HELLO; worker: EXEC,
+             STATUS, TERMINATE)
+    EOF / error --> every open channel ends (GatewayLostError / endmarker)
+                --> _connection_ended() of the side
+
+Channel ids: the master allocates odd ids, the worker even ones, so the two
+never collide; an id first seen in an incoming frame creates the channel.
+
+An ``io`` object moves bytes and nothing else: ``read(n)`` (``b""`` at EOF),
+``write(header, payload)``, ``close_write()``, ``close()``.  :class:`FdIO`
+wraps a pair of pipe file descriptors.
+
+Shipped to remote interpreters as source: stdlib only, CPython 3.8+.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from . import _trace
+from ._channel import Channel
+from ._errors import ChannelClosedError, DataFormatError, DumpError, ProtocolError
+from ._frames import CLOSE, CLOSE_ERROR, DATA, FrameParser, frame_header, type_name
+from ._serial import dumps, loads
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
+
+READ_SIZE = 256 * 1024
+MAX_READ = 4 * 1024 * 1024
+_SMALL = 64 * 1024
+_F_SETPIPE_SZ = 1031  # Linux fcntl command
+
+
+def enlarge_pipe(fd: int, size: int = 1024 * 1024) -> None:
+    """Ask the OS for a larger pipe buffer (Linux); silently keep the default elsewhere."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except Exception:
+        pass
+
+
+class FdIO:
+    """Blocking byte transport over a read fd and a write fd (pipes, sockets)."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self._wclosed = False
+
+    def read(self, n: int) -> bytes:
+        return os.read(self.rfd, n)
+
+    def write(self, header: bytes, payload: bytes = b"") -> None:
+        fd = self.wfd
+        if len(payload) < _SMALL:
+            data = memoryview(header + payload)
+            while data:
+                data = data[os.write(fd, data) :]
+            return
+        parts = [memoryview(header), memoryview(payload)]
+        while parts:
+            n = os.writev(fd, parts)
+            while parts and n >= len(parts[0]):
+                n -= len(parts[0])
+                parts.pop(0)
+            if n:
+                parts[0] = parts[0][n:]
+
+    def close_write(self) -> None:
+        if not self._wclosed:
+            self._wclosed = True
+            try:
+                os.close(self.wfd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.close_write()
+        try:
+            os.close(self.rfd)
+        except OSError:
+            pass
+
+
+class BaseGateway:
+    """The shared half of a gateway: see the module docstring for the data flow."""
+
+    _first_channel_id = 1
+
+    def __init__(self, id: str, max_frame: int) -> None:
+        self.id = id
+        self._max_frame = max_frame
+        self._io: Any = None
+        self._wlock = threading.Lock()
+        self._chan_lock = threading.Lock()
+        self._channels: Dict[int, Channel] = {}
+        self._next_id = self._first_channel_id
+        self._lost: Optional[str] = None
+        self._ended = threading.Event()
+        self._reader: Optional[threading.Thread] = None
+
+    # -- channels ------------------------------------------------------------------
+
+    def newchannel(self) -> Channel:
+        """A new channel on this connection; send it over another channel to share it."""
+        with self._chan_lock:
+            cid = self._next_id
+            self._next_id += 2
+            ch = Channel(self, cid)
+            if self._lost is None:
+                self._channels[cid] = ch
+        if self._lost is not None:
+            ch._on_lost(self._lost)
+        return ch
+
+    def _channel_for_id(self, cid: int) -> Channel:
+        """The channel with this id, created if the peer names it first."""
+        with self._chan_lock:
+            ch = self._channels.get(cid)
+            if ch is None:
+                ch = Channel(self, cid)
+                if self._lost is None and (cid - self._first_channel_id) % 2 != 0:
+                    self._channels[cid] = ch  # a peer-allocated id seen for the first time
+                else:
+                    ch._closed = ch._remote_closed = True  # one of ours that is already finished
+                    ch._done.set()
+        return ch
+
+    def _channel_id(self, ch: Channel) -> int:
+        if ch.gateway is not self:
+            raise DumpError("%r belongs to gateway %s and cannot be sent over %s" % (ch, ch.gateway.id, self.id))
+        return ch.id
+
+    def _numchannels(self) -> int:
+        with self._chan_lock:
+            return len(self._channels)
+
+    # -- sending -------------------------------------------------------------------
+
+    def _send_item(self, cid: int, item: Any) -> None:
+        self._send(DATA, cid, dumps(item, self._channel_id))
+
+    def _send(self, mtype: int, cid: int, payload: bytes = b"") -> None:
+        if len(payload) > self._max_frame:
+            raise DumpError(
+                "a %s message of %d bytes is larger than the frame cap of %d bytes on %s: "
+                "send it in pieces, or raise the cap with max_frame= in the spec (both sides) "
+                "or EXECPOOL_MAX_FRAME_SIZE" % (type_name(mtype), len(payload), self._max_frame, self.id)
+            )
+        header = frame_header(mtype, cid, len(payload))
+        with self._wlock:
+            if self._lost is not None:
+                raise ChannelClosedError("cannot send to %s: the connection ended (%s)" % (self.id, self._lost))
+            try:
+                self._io.write(header, payload)
+            except OSError as exc:
+                raise ChannelClosedError("cannot send to %s: the connection is broken (%s)" % (self.id, exc)) from exc
+        if _trace.enabled():
+            _trace.trace("sent", type_name(mtype), "channel", cid, "bytes", len(payload))
+
+    def _close_channel(self, ch: Channel, error: Optional[str]) -> None:
+        """Send this side's CLOSE for ``ch`` (called once per channel)."""
+        with self._chan_lock:
+            if ch._remote_closed:
+                self._channels.pop(ch.id, None)
+        if self._lost is not None:
+            return
+        try:
+            if error is None:
+                self._send(CLOSE, ch.id)
+            else:
+                self._send(CLOSE_ERROR, ch.id, str(error).encode("utf-8", "replace"))
+        except ChannelClosedError:
+            pass
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._read_loop, name="execpool-reader-%s" % self.id, daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        parser = FrameParser(self._max_frame)
+        reason = "the other side closed the connection"
+        try:
+            while True:
+                data = self._io.read(min(max(READ_SIZE, parser.need()), MAX_READ))
+                if not data:
+                    if parser.pending():
+                        reason = "the connection ended in the middle of a frame (%d bytes)" % parser.pending()
+                    break
+                parser.feed(data)
+                while True:
+                    frame = parser.next_frame()
+                    if frame is None:
+                        break
+                    self._dispatch(*frame)
+        except ProtocolError as exc:
+            reason = "protocol error: %s" % exc
+        except OSError as exc:
+            reason = "reading failed: %s" % exc
+        except BaseException as exc:  # a bug: end the connection loudly rather than hang
+            import traceback
+
+            reason = "internal error in the reader thread: %r" % (exc,)
+            _trace.trace(reason, traceback.format_exc())
+        finally:
+            self._end_connection(reason)
+
+    def _dispatch(self, mtype: int, cid: int, payload: bytes) -> None:
+        if mtype == DATA:
+            ch = self._channel_for_id(cid)
+            try:
+                item = loads(payload, self._channel_for_id)
+            except DataFormatError as exc:
+                _trace.trace("bad data on channel", cid, exc)
+                ch._deliver_bad(str(exc))
+            else:
+                ch._deliver(item)
+        elif mtype == CLOSE or mtype == CLOSE_ERROR:
+            error = payload.decode("utf-8", "replace") if mtype == CLOSE_ERROR else None
+            self._on_close_frame(cid, error)
+        else:
+            if _trace.enabled():
+                _trace.trace("received", type_name(mtype), "channel", cid, "bytes", len(payload))
+            self._handle(mtype, cid, payload)
+
+    def _on_close_frame(self, cid: int, error: Optional[str]) -> None:
+        with self._chan_lock:
+            ch = self._channels.get(cid)
+        if ch is None:
+            if (cid - self._first_channel_id) % 2 != 0:
+                # The peer closed a channel of its own that never carried data here: answer once.
+                self._send_quietly(CLOSE, cid)
+            return
+        reply = ch._on_remote_close(error)
+        with self._chan_lock:
+            self._channels.pop(cid, None)
+        if reply:
+            self._send_quietly(CLOSE, cid)
+
+    def _send_quietly(self, mtype: int, cid: int) -> None:
+        try:
+            self._send(mtype, cid)
+        except ChannelClosedError:
+            pass
+
+    def _handle(self, mtype: int, cid: int, payload: bytes) -> None:
+        raise ProtocolError("unexpected %s frame on channel %d" % (type_name(mtype), cid))
+
+    def _end_connection(self, reason: str) -> None:
+        reason = self._describe_end(reason)
+        _trace.trace("connection", self.id, "ended:", reason)
+        with self._chan_lock:
+            self._lost = reason
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for ch in channels:
+            ch._on_lost(reason)
+        self._ended.set()
+        self._connection_ended(reason)
+
+    def _describe_end(self, reason: str) -> str:
+        return reason
+
+    def _connection_ended(self, reason: str) -> None:
+        pass

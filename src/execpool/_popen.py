@@ -1,0 +1,156 @@
+"""The popen transport: a local interpreter process talking over its stdin/stdout pipes.
+
+The transport starts the process (``python=`` split like a shell command
+line, so ``env FOO=1 python3`` or ``nice python3.9`` are launchers too), gives
+the gateway an :class:`~execpool._conn.FdIO` over the pipes, relays the
+worker's stderr line by line to the local ``sys.stderr`` prefixed with the
+gateway id (keeping the last lines for error messages), and stops the process:
+politely through the protocol first, then with SIGKILL to its whole process
+group.  Workers run in a session of their own so that a Ctrl-C in the
+master's terminal reaches the master only; the master then ends them.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+
+from . import _trace
+from ._conn import FdIO, enlarge_pipe
+from ._errors import InterpreterNotFound
+
+
+class PopenTransport:
+    """A worker process on this machine.  ``argv`` is the full command line."""
+
+    def __init__(self, argv: list[str], gateway_id: str, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.gateway_id = gateway_id
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._pump: threading.Thread | None = None
+
+    def start(self) -> FdIO:
+        env = None
+        if self.env:
+            env = dict(os.environ)
+            env.update(self.env)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+                start_new_session=True,
+                env=env,
+            )
+        except FileNotFoundError:
+            raise InterpreterNotFound(
+                "cannot start gateway %s: the command %r was not found (command line: %s); "
+                "install that interpreter or point python= at one that exists"
+                % (self.gateway_id, self.argv[0], shlex.join(self.argv[:-2]))
+            ) from None
+        except PermissionError as exc:
+            raise InterpreterNotFound(
+                "cannot start gateway %s: %r is not executable (%s)" % (self.gateway_id, self.argv[0], exc)
+            ) from None
+        _trace.trace("started", self.gateway_id, "pid", self.proc.pid, "argv", self.argv[:-2])
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        enlarge_pipe(self.proc.stdin.fileno())
+        self._pump = threading.Thread(
+            target=self._relay_stderr, name="execpool-stderr-%s" % self.gateway_id, daemon=True
+        )
+        self._pump.start()
+        # The gateway's FdIO owns duplicates (non-inheritable, so later children do not
+        # hold them open); the originals are closed so that closing the dup means EOF.
+        io = FdIO(os.dup(self.proc.stdout.fileno()), os.dup(self.proc.stdin.fileno()))
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        return io
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def describe(self) -> str:
+        """The command line, for messages."""
+        return shlex.join(self.argv[:-2]) if len(self.argv) > 2 else shlex.join(self.argv)
+
+    def _relay_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        fd = self.proc.stderr.fileno()
+        prefix = "[%s] " % self.gateway_id
+        pending = b""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                if pending:
+                    self._emit(prefix, pending)
+                return
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self._emit(prefix, line)
+
+    def _emit(self, prefix: str, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self.stderr_tail.append(text)
+        try:
+            sys.stderr.write(prefix + text + "\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+    def stderr_text(self, wait: float = 0.5) -> str:
+        """The last lines the worker wrote to stderr (waits briefly for the relay to drain)."""
+        if self._pump is not None:
+            self._pump.join(wait)
+        return "\n".join(self.stderr_tail)
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def wait(self, timeout: float | None) -> int | None:
+        """Wait for the process to exit; return its status, or None on timeout."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything in its process group."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        _trace.trace("killed", self.gateway_id, "pid", self.proc.pid)
+
+
+def describe_status(status: int | None) -> str:
+    """'exit status 3' / 'killed by SIGKILL' / 'still running'."""
+    if status is None:
+        return "still running"
+    if status < 0:
+        try:
+            return "killed by %s" % signal.Signals(-status).name
+        except ValueError:
+            return "killed by signal %d" % -status
+    return "exit status %d" % status

@@ -1,0 +1,284 @@
+"""The worker side: what runs inside a remote interpreter after the bootstrap.
+
+Threads and queues of a worker process::
+
+    stdin (protocol fd) --> reader thread --> EXEC  --> main-thread job queue (if the
+                                          |             main thread is idle) or a new thread
+                                          |--> STATUS --> answered from the reader thread
+                                          `--> TERMINATE / EOF --> shutdown
+    main thread: runs jobs from its queue until shutdown, then returns; the process
+                 then exits normally (atexit handlers run).  A watchdog thread ends the
+                 process with os._exit if that takes longer than the grace period.
+
+The first remote_exec (and any that arrives while the main thread is idle)
+runs in the main thread, so code that needs it (signals) works; others run
+concurrently in threads of their own.  Each job runs its source in a fresh
+namespace with ``channel`` and ``__name__ == "__channelexec__"``, then closes
+its channel: normally, or with the formatted traceback if it raised.
+
+Standard streams: the protocol uses duplicates of fds 0 and 1; fd 0 is then
+``/dev/null`` and fd 1 a copy of fd 2, so ``print`` and any write to fd 1 or 2
+goes to the worker's stderr, which the master relays prefixed with the gateway id.
+
+Shipped to remote interpreters as source: stdlib only, CPython 3.8+.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from _queue import SimpleQueue
+
+from . import _trace
+from ._conn import BaseGateway, FdIO, enlarge_pipe
+from ._errors import DataFormatError, ProtocolError
+from ._frames import EXEC, HELLO, STATUS, TERMINATE, type_name
+from ._serial import dumps, loads
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
+
+
+#: Exit status of a worker whose shutdown overran the grace period.
+EXIT_OVERRUN = 70
+
+
+def _cpu_count() -> Optional[int]:
+    try:
+        return len(os.sched_getaffinity(0))  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _format_exception(source: str, filename: str) -> str:
+    import linecache
+    import traceback
+
+    lines = source.splitlines(True)
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    _register_own_sources()
+    return traceback.format_exc()
+
+
+def _register_own_sources() -> None:
+    sources = getattr(sys.modules.get("_execpool"), "_sources", None)
+    if not sources:
+        return
+    import linecache
+
+    for name, text in sources.items():
+        fn = "<execpool %s>" % name
+        if fn not in linecache.cache:
+            linecache.cache[fn] = (len(text), None, text.splitlines(True), fn)
+
+
+class WorkerGateway(BaseGateway):
+    """The worker's end of the connection; ``channel.gateway`` in remote code."""
+
+    _first_channel_id = 2
+
+    def __init__(self, config: Dict[str, Any]) -> None:
+        super().__init__(config["id"], config["max_frame"])
+        self.config = config
+        self._exec_lock = threading.Lock()
+        self._main_busy = False
+        self._main_jobs: SimpleQueue[Any] = SimpleQueue()
+        self._numexecuting = 0
+        self._shutting_down = False
+        self._grace = float(config.get("grace", 2.0))
+
+    def __repr__(self) -> str:
+        return "<WorkerGateway %s pid=%d>" % (self.id, os.getpid())
+
+    # -- frames from the master ---------------------------------------------------------
+
+    def _handle(self, mtype: int, cid: int, payload: bytes) -> None:
+        if mtype == EXEC:
+            self._schedule(cid, payload)
+        elif mtype == STATUS:
+            status = self._status()
+            ch = self._channel_for_id(cid)
+            try:
+                ch.send(status)
+                ch.close()
+            except OSError:
+                pass
+        elif mtype == TERMINATE:
+            self._shutdown("the master asked the worker to exit")
+        else:
+            raise ProtocolError("unexpected %s frame from the master" % type_name(mtype))
+
+    def _status(self) -> Dict[str, Any]:
+        return {
+            "numexecuting": self._numexecuting,
+            "numchannels": self._numchannels(),
+            "execqsize": self._main_jobs.qsize(),
+            "numthreads": threading.active_count(),
+            "pid": os.getpid(),
+        }
+
+    def _schedule(self, cid: int, payload: bytes) -> None:
+        channel = self._channel_for_id(cid)
+        try:
+            source, call_name, kwargs, filename = loads(payload, self._channel_for_id)
+        except (DataFormatError, ValueError, TypeError) as exc:
+            channel.close(error="execpool: the worker could not load the remote_exec request: %s" % exc)
+            return
+        job = (channel, source, call_name, kwargs, filename)
+        with self._exec_lock:
+            if self._shutting_down:
+                channel.close(error="execpool: the worker is shutting down")
+                return
+            self._numexecuting += 1
+            if not self._main_busy:
+                self._main_busy = True
+                self._main_jobs.put(job)
+                return
+        threading.Thread(target=self._run_job, args=(job,), name="execpool-exec-%d" % cid, daemon=True).start()
+
+    def _run_job(self, job: Any) -> None:
+        channel, source, call_name, kwargs, filename = job
+        _trace.trace("exec start on channel", channel.id, "in", threading.current_thread().name)
+        ns = {"channel": channel, "__name__": "__channelexec__"}
+        error = None
+        try:
+            exec(compile(source, filename, "exec"), ns)
+            if call_name is not None:
+                ns[call_name](channel, **kwargs)
+        except BaseException:
+            error = _format_exception(source, filename)
+            _trace.trace("exec on channel", channel.id, "raised:", error)
+        finally:
+            with self._exec_lock:
+                self._numexecuting -= 1
+        channel.close(error=error)
+        _trace.trace("exec done on channel", channel.id)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def serve_main(self) -> None:
+        """Run main-thread jobs until shutdown."""
+        while True:
+            try:
+                job = self._main_jobs.get()
+                if job is None:
+                    return
+                self._run_job(job)
+                with self._exec_lock:
+                    self._main_busy = False
+            except KeyboardInterrupt:
+                if self._shutting_down:
+                    return
+                raise
+
+    def _connection_ended(self, reason: str) -> None:
+        self._shutdown(reason)
+
+    def _shutdown(self, reason: str) -> None:
+        with self._exec_lock:
+            if self._shutting_down:
+                return
+            self._shutting_down = True
+            busy = self._main_busy
+        _trace.trace("worker shutting down:", reason)
+        self._main_jobs.put(None)
+        if busy:
+            import _thread
+
+            _thread.interrupt_main()
+        t = threading.Thread(target=self._watchdog, name="execpool-watchdog", daemon=True)
+        t.start()
+
+    def _watchdog(self) -> None:
+        import time
+
+        time.sleep(self._grace)
+        _trace.trace("worker did not exit within %.1fs; forcing exit" % self._grace)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_OVERRUN)
+
+
+def _apply_config(config: Dict[str, Any]) -> None:
+    env = config.get("env") or {}
+    for name, value in env.items():
+        os.environ[name] = value
+    if config.get("dont_write_bytecode"):
+        sys.dont_write_bytecode = True
+    chdir = config.get("chdir")
+    if chdir:
+        path = os.path.expanduser(chdir)
+        os.makedirs(path, exist_ok=True)
+        os.chdir(path)
+    nice = config.get("nice")
+    if nice:
+        os.nice(int(nice))
+
+
+def _info(config: Dict[str, Any]) -> Dict[str, Any]:
+    uname = os.uname()
+    return {
+        "executable": sys.executable,
+        "version_info": tuple(sys.version_info),
+        "implementation": sys.implementation.name,
+        "platform": sys.platform,
+        "machine": uname.machine,
+        "hostname": uname.nodename,
+        "cwd": os.getcwd(),
+        "pid": os.getpid(),
+        "cpu_count": _cpu_count(),
+    }
+
+
+def main(config: Dict[str, Any]) -> None:
+    """Entry point, called by the bootstrap with the master's configuration."""
+    _trace.configure(config.get("debug", 0), "worker %s" % config.get("id"))
+    rfd = os.dup(0)
+    wfd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except Exception:
+        pass
+    enlarge_pipe(wfd)
+    gateway = WorkerGateway(config)
+    gateway._io = FdIO(rfd, wfd)
+    try:
+        _apply_config(config)
+        hello = _info(config)
+    except Exception as exc:
+        hello = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    gateway._send(HELLO, 0, dumps(hello))
+    if "error" in hello:
+        return
+    _trace.trace("worker started:", hello)
+    gateway._start_reader()
+    gateway.serve_main()
+    _trace.trace("worker main loop ended")
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the worker quickly: run atexit handlers, flush, and skip interpreter teardown.
+
+    Threads still running (those of remote_execs that outlived the shutdown)
+    end with the process, as they would when a connection is cut.
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)

@@ -1,0 +1,70 @@
+"""The ``execpool`` command line.
+
+``execpool info [SPEC ...]`` starts a gateway per spec (all at once), prints a
+row per gateway -- spec, Python version, platform, CPUs, pid, start-up time --
+and exits them.  Without specs it uses every local CPython 3.8+ it finds
+(``--local`` adds them to given specs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from ._discover import find_interpreters
+from ._errors import ExecpoolError
+from .group import Group
+
+
+def _info(args: argparse.Namespace) -> int:
+    specs = list(args.specs)
+    if args.local or not specs:
+        found = find_interpreters()
+        if not found and not specs:
+            print("execpool: no CPython 3.8+ interpreter found on PATH or in pyenv", file=sys.stderr)
+            return 1
+        specs += [i.spec for i in found]
+    try:
+        group = Group(specs)
+    except (ExecpoolError, ValueError) as exc:
+        print("execpool: %s" % exc, file=sys.stderr)
+        return 1
+    rows = [("id", "spec", "python", "platform", "cpus", "pid", "start-up")]
+    try:
+        for gw in group:
+            info = gw.remote_info()
+            rows.append(
+                (
+                    gw.id,
+                    str(gw.spec),
+                    "%s %s" % (info.implementation, info.version),
+                    "%s-%s" % (info.platform, info.machine),
+                    str(info.cpu_count),
+                    str(info.pid),
+                    "%.0f ms" % (1000 * (gw.startup_seconds or 0.0)),
+                )
+            )
+    finally:
+        group.terminate()
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="execpool", description="Run Python code on many interpreters at once.")
+    parser.add_argument("--version", action="version", version="execpool %s" % __version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="start gateways and print what they run on")
+    info.add_argument("specs", nargs="*", metavar="SPEC", help="xspecs, e.g. popen popen//python=python3.9")
+    info.add_argument("--local", action="store_true", help="add every local CPython 3.8+ found")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
