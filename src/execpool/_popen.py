@@ -35,6 +35,10 @@ class PopenTransport:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._pump: threading.Thread | None = None
+        # Until the worker has started, its stderr is held back: on failure it goes into the
+        # exception's message instead of being printed as well.
+        self._held: list[str] | None = []
+        self._held_lock = threading.Lock()
 
     def start(self) -> FdIO:
         env = None
@@ -106,11 +110,18 @@ class PopenTransport:
     def _emit(self, prefix: str, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         self.stderr_tail.append(text)
-        try:
-            sys.stderr.write(prefix + text + "\n")
-            sys.stderr.flush()
-        except Exception:
-            pass
+        with self._held_lock:
+            if self._held is not None:
+                self._held.append(prefix + text + "\n")
+                return
+        _write_stderr(prefix + text + "\n")
+
+    def release_stderr(self) -> None:
+        """The worker has started: print what it wrote so far and relay from now on."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held:
+            _write_stderr("".join(held))
 
     def stderr_text(self, wait: float = 0.5) -> str:
         """The last lines the worker wrote to stderr (waits briefly for the relay to drain)."""
@@ -142,6 +153,14 @@ class PopenTransport:
             except ProcessLookupError:
                 pass
         _trace.trace("killed", self.gateway_id, "pid", self.proc.pid)
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:
+        pass
 
 
 def describe_status(status: int | None) -> str:

@@ -53,13 +53,17 @@ def _cpu_count() -> Optional[int]:
 
 
 def _format_exception(source: str, filename: str) -> str:
+    """The current exception's traceback, without the worker's own frame on top."""
     import linecache
     import traceback
 
     lines = source.splitlines(True)
     linecache.cache[filename] = (len(source), None, lines, filename)
     _register_own_sources()
-    return traceback.format_exc()
+    etype, value, tb = sys.exc_info()
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(etype, value, tb))
 
 
 def _register_own_sources() -> None:
@@ -138,7 +142,7 @@ class WorkerGateway(BaseGateway):
                 return
         threading.Thread(target=self._run_job, args=(job,), name="execpool-exec-%d" % cid, daemon=True).start()
 
-    def _run_job(self, job: Any) -> None:
+    def _run_job(self, job: Any, in_main: bool = False) -> None:
         channel, source, call_name, kwargs, filename = job
         _trace.trace("exec start on channel", channel.id, "in", threading.current_thread().name)
         ns = {"channel": channel, "__name__": "__channelexec__"}
@@ -153,6 +157,8 @@ class WorkerGateway(BaseGateway):
         finally:
             with self._exec_lock:
                 self._numexecuting -= 1
+                if in_main:
+                    self._main_busy = False  # before the close, so the next exec finds it idle
         channel.close(error=error)
         _trace.trace("exec done on channel", channel.id)
 
@@ -165,9 +171,7 @@ class WorkerGateway(BaseGateway):
                 job = self._main_jobs.get()
                 if job is None:
                     return
-                self._run_job(job)
-                with self._exec_lock:
-                    self._main_busy = False
+                self._run_job(job, in_main=True)
             except KeyboardInterrupt:
                 if self._shutting_down:
                     return
@@ -185,9 +189,7 @@ class WorkerGateway(BaseGateway):
         _trace.trace("worker shutting down:", reason)
         self._main_jobs.put(None)
         if busy:
-            import _thread
-
-            _thread.interrupt_main()
+            _interrupt_main_thread()
         t = threading.Thread(target=self._watchdog, name="execpool-watchdog", daemon=True)
         t.start()
 
@@ -201,6 +203,18 @@ class WorkerGateway(BaseGateway):
             sys.stderr.flush()
         finally:
             os._exit(EXIT_OVERRUN)
+
+
+def _interrupt_main_thread() -> None:
+    """Raise KeyboardInterrupt in the main thread, also out of a blocking call (sleep, read)."""
+    try:
+        import signal
+
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+    except (AttributeError, ValueError, OSError):
+        import _thread
+
+        _thread.interrupt_main()
 
 
 def _apply_config(config: Dict[str, Any]) -> None:

@@ -228,13 +228,15 @@ class Gateway(BaseGateway):
                 raise ProtocolError("the worker's hello could not be read: %s" % exc) from None
             self.startup_seconds = time.perf_counter() - self._started_at
             self._hello = hello
+            if self._transport is not None:
+                self._transport.release_stderr()
             self._hello_event.set()
             return
         super()._handle(mtype, cid, payload)
 
     def _describe_end(self, reason: str) -> str:
         transport = self._transport
-        if transport is None or self._exiting:
+        if transport is None or self._exiting or self._hello is None:
             return reason
         status = transport.wait(0.2)
         if status is not None:

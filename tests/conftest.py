@@ -1,0 +1,102 @@
+"""Shared fixtures: real worker interpreters of every CPython 3.8+ on this machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import execpool
+
+INTERPRETERS = execpool.find_interpreters()
+SUPPORTED = [(3, minor) for minor in range(8, 14)]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    found = ", ".join("%s (%s)" % (i.short_version, i.path) for i in INTERPRETERS) or "none"
+    return "execpool worker interpreters: " + found
+
+
+@pytest.fixture(params=INTERPRETERS, ids=lambda i: "py" + i.short_version)
+def interpreter(request: pytest.FixtureRequest) -> execpool.Interpreter:
+    """Each local CPython 3.8+ in turn."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def gw() -> Iterator[execpool.Gateway]:
+    """A popen gateway on the interpreter running the tests."""
+    group = execpool.Group()
+    gateway = group.makegateway("popen")
+    yield gateway
+    group.terminate(timeout=5)
+
+
+@pytest.fixture
+def anygw(interpreter: execpool.Interpreter) -> Iterator[execpool.Gateway]:
+    """A popen gateway on each local CPython 3.8+ in turn."""
+    group = execpool.Group()
+    gateway = group.makegateway(interpreter.spec)
+    yield gateway
+    group.terminate(timeout=5)
+
+
+@pytest.fixture
+def group() -> Iterator[execpool.Group]:
+    g = execpool.Group()
+    yield g
+    g.terminate(timeout=5)
+
+
+def process_gone(pid: int) -> bool:
+    """True if ``pid`` does not exist or is a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` (a hang guard, not a timing assertion) passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def run_master_script(
+    source: str, tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a separate master process (with execpool importable)."""
+    script = tmp_path / "master.py"
+    script.write_text(textwrap.dedent(source))
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp_path
+    )
+
+
+def start_master_script(source: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    script = tmp_path / "master.py"
+    script.write_text(textwrap.dedent(source))
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=tmp_path,
+    )

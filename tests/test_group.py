@@ -1,0 +1,111 @@
+"""Groups and multi-channels: ids, indexing, parallel start, terminate, mixed versions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import execpool
+from conftest import INTERPRETERS, process_gone
+
+
+def test_ids_are_allocated_in_order_and_index_by_position_and_id(group: execpool.Group) -> None:
+    a, b = group.makegateways(["popen", "popen"])
+    c = group.makegateway("popen//id=custom")
+    assert [gw.id for gw in group] == ["gw0", "gw1", "custom"]
+    assert group[0] is a and group[1] is b and group[-1] is c
+    assert group["gw1"] is b and group["custom"] is c
+    assert "custom" in group and b in group and "nope" not in group
+    assert len(group) == 3
+    with pytest.raises(KeyError, match="nope"):
+        group["nope"]
+
+
+def test_duplicate_ids_are_refused(group: execpool.Group) -> None:
+    group.makegateway("popen//id=w")
+    with pytest.raises(ValueError, match="already exists"):
+        group.makegateway("popen//id=w")
+    assert len(group) == 1
+
+
+def test_exited_gateways_leave_the_group(group: execpool.Group) -> None:
+    gw = group.makegateway()
+    gw.exit()
+    assert len(group) == 0 and gw not in group
+
+
+def test_group_of_every_interpreter_runs_one_remote_exec(group: execpool.Group) -> None:
+    if not INTERPRETERS:
+        pytest.skip("no interpreters found")
+    group.makegateways([i.spec for i in INTERPRETERS])
+    mc = group.remote_exec("import sys; channel.send(tuple(sys.version_info[:2])); channel.send(channel.receive() + 1)")
+    assert isinstance(mc, execpool.MultiChannel) and len(mc) == len(INTERPRETERS)
+    assert mc.receive_each() == [i.version[:2] for i in INTERPRETERS]
+    mc.send_each(1)
+    pairs = mc.receive_each(withchannel=True)
+    assert [item for _, item in pairs] == [2] * len(INTERPRETERS)
+    assert [ch for ch, _ in pairs] == list(mc)
+    mc.waitclose(10)
+
+
+def test_make_receive_queue_collects_from_all_channels_with_endmarkers(group: execpool.Group) -> None:
+    group.makegateways(["popen"] * 3)
+    mc = group.remote_exec("channel.send(channel.gateway.id)")
+    q = mc.make_receive_queue(endmarker=-1)
+    got = [q.get(timeout=10) for _ in range(6)]
+    items = sorted(item for _, item in got if item != -1)
+    ends = [ch for ch, item in got if item == -1]
+    assert items == ["gw0", "gw1", "gw2"]
+    assert sorted(ch.gateway.id for ch in ends) == ["gw0", "gw1", "gw2"]
+
+
+def test_multichannel_waitclose_raises_a_remote_error_after_all_closed(group: execpool.Group) -> None:
+    group.makegateways(["popen", "popen"])
+    mc = group.remote_exec("if channel.gateway.id == 'gw1': raise KeyError('only gw1')")
+    with pytest.raises(execpool.RemoteError, match="only gw1"):
+        mc.waitclose(10)
+    assert all(ch.isclosed() for ch in mc)
+
+
+def test_terminate_ends_all_workers_within_the_timeout_even_stuck_ones(group: execpool.Group) -> None:
+    gws = group.makegateways(["popen"] * 3)
+    pids = [gw.remote_info().pid for gw in gws]
+    stuck = gws[0].remote_exec(
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); channel.send(1)\nwhile True: pass"
+    )
+    assert stuck.receive(10) == 1
+    start = time.monotonic()
+    group.terminate(timeout=1.0)
+    assert time.monotonic() - start < 20  # hang guard
+    assert all(process_gone(pid) for pid in pids)
+    assert len(group) == 0
+
+
+def test_a_failing_spec_in_a_parallel_start_ends_the_others(group: execpool.Group) -> None:
+    with pytest.raises(execpool.InterpreterNotFound):
+        group.makegateways(["popen", "popen//python=python9", "popen"])
+    assert len(group) == 0
+
+
+def test_group_constructor_starts_the_specs() -> None:
+    g = execpool.Group(["popen", "popen//id=two"])
+    try:
+        assert [gw.id for gw in g] == ["gw0", "two"]
+        assert all(gw.alive for gw in g)
+    finally:
+        g.terminate()
+
+
+def test_default_group_and_makegateway() -> None:
+    gw = execpool.makegateway()
+    try:
+        assert gw in execpool.default_group
+        assert gw.remote_exec("channel.send(7)").receive(10) == 7
+    finally:
+        gw.exit()
+
+
+def test_group_repr_lists_ids(group: execpool.Group) -> None:
+    group.makegateway("popen//id=x")
+    assert repr(group) == "<Group ['x']>"

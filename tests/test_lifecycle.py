@@ -1,0 +1,126 @@
+"""No worker outlives its master: atexit, Ctrl-C, kill -9 of the master; tracing files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from conftest import process_gone, run_master_script, start_master_script, wait_until
+
+STUCK = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); channel.send(1)\\nwhile True: pass"
+
+
+def test_workers_end_when_the_master_exits_without_cleaning_up(tmp_path: Path) -> None:
+    result = run_master_script(
+        f"""
+        import execpool
+        a = execpool.makegateway()
+        g = execpool.Group(["popen", "popen"])
+        ch = g[0].remote_exec("{STUCK}")
+        ch.receive(10)
+        print(a.remote_info().pid, *[gw.remote_info().pid for gw in g], flush=True)
+        # no exit(), no terminate(): atexit must end them, the stuck one included
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    pids = [int(p) for p in result.stdout.split()]
+    assert len(pids) == 3
+    assert wait_until(lambda: all(process_gone(p) for p in pids), timeout=20)
+
+
+def test_workers_end_when_the_master_is_killed(tmp_path: Path) -> None:
+    proc = start_master_script(
+        """
+        import execpool, time
+        g = execpool.Group(["popen", "popen"])
+        busy = g[1].remote_exec("import time; channel.send(1); time.sleep(600)")
+        busy.receive(10)
+        print(*[gw.remote_info().pid for gw in g], flush=True)
+        time.sleep(600)
+        """,
+        tmp_path,
+    )
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2, proc.stderr.read() if proc.stderr else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    # the workers see EOF on their stdin and exit (the busy one is interrupted)
+    assert wait_until(lambda: all(process_gone(p) for p in pids), timeout=20)
+
+
+def test_ctrl_c_in_the_master_ends_its_workers(tmp_path: Path) -> None:
+    proc = start_master_script(
+        """
+        import execpool
+        gw = execpool.makegateway()
+        ch = gw.remote_exec("channel.receive()")
+        try:
+            print(gw.remote_info().pid, flush=True)
+            ch.receive()
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            raise
+        """,
+        tmp_path,
+    )
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted" in out
+    assert "KeyboardInterrupt" in err
+    assert wait_until(lambda: process_gone(pid), timeout=20)
+
+
+def test_debug_level_1_writes_trace_files_on_both_sides(tmp_path: Path) -> None:
+    for var in ("EXECPOOL_DEBUG", "EXECNET_DEBUG"):
+        tracedir = tmp_path / var
+        tracedir.mkdir()
+        result = run_master_script(
+            """
+            import os, execpool
+            gw = execpool.makegateway()
+            gw.remote_exec("channel.send(1)").receive(10)
+            print(os.getpid(), gw.remote_info().pid)
+            gw.exit()
+            """,
+            tmp_path,
+            env={var: "1", "TMPDIR": str(tracedir)},
+        )
+        assert result.returncode == 0, result.stderr
+        master_pid, worker_pid = result.stdout.split()
+        master_trace = tracedir / ("execpool-debug-%s" % master_pid)
+        worker_trace = tracedir / ("execpool-debug-%s" % worker_pid)
+        assert master_trace.exists() and worker_trace.exists(), list(tracedir.iterdir())
+        assert "sent EXEC" in master_trace.read_text()
+        assert "worker started" in worker_trace.read_text()
+
+
+def test_debug_level_2_traces_to_stderr(tmp_path: Path) -> None:
+    result = run_master_script(
+        """
+        import execpool
+        gw = execpool.makegateway()
+        gw.remote_exec("channel.send(1)").receive(10)
+        gw.exit()
+        """,
+        tmp_path,
+        env={"EXECPOOL_DEBUG": "2"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[master " in result.stderr
+    assert "[gw0] [worker gw0 " in result.stderr  # the worker's trace, relayed with its prefix
+
+
+def test_tracing_is_off_by_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("EXECPOOL_DEBUG", "EXECNET_DEBUG")}
+    env["TMPDIR"] = str(tmp_path)
+    import subprocess
+
+    code = "import execpool; gw = execpool.makegateway(); gw.remote_exec('pass').waitclose(10); gw.exit()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert not list(tmp_path.glob("execpool-debug-*"))
