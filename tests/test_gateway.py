@@ -443,6 +443,15 @@ def test_garbage_on_the_protocol_stream_ends_the_connection_cleanly(gw: execpool
     gw.join(20)
 
 
+def test_garbage_sent_to_the_worker_makes_it_exit(gw: execpool.Gateway) -> None:
+    pid = gw.remote_info().pid
+    waiting = gw.remote_exec("channel.receive()")
+    gw._io.write(b"\xee" * 32)  # not a frame: the worker must drop the connection and exit
+    with pytest.raises(execpool.GatewayLostError):
+        waiting.receive(20)
+    assert wait_until(lambda: process_gone(pid) or gw._transport.poll() is not None, timeout=20)
+
+
 def test_oversize_frame_header_is_refused_before_allocation(gw: execpool.Gateway) -> None:
     waiting = gw.remote_exec("channel.receive()")
     gw.remote_exec("import os, struct; os.write(channel.gateway._io.wfd, struct.pack('!BII', 2, 1, 2**32 - 1))")

@@ -192,7 +192,7 @@ class Gateway(BaseGateway):
     def _raise_start_failure(self, reason: str) -> None:
         transport = self._transport
         assert transport is not None
-        status = transport.wait(2.0)
+        status = transport.wait(0.5)  # an exiting process has its status in milliseconds
         if status is None:
             self._kill_and_close()
             status = transport.wait(5.0)
@@ -247,6 +247,17 @@ class Gateway(BaseGateway):
         if self._hello is None:
             self._start_error = reason
             self._hello_event.set()
+            return
+        if not self._exiting and self._io is not None:
+            # The connection is unusable (protocol error, or the worker closed it): close our
+            # side too, so that a worker which is still running sees EOF and exits.
+            if self._wlock.acquire(timeout=1.0):
+                try:
+                    self._io.close_write()
+                finally:
+                    self._wlock.release()
+            elif self._transport is not None:
+                self._transport.kill()  # a writer is stuck on a worker that does not read
 
     # -- the public API ---------------------------------------------------------------------
 
