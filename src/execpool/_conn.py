@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Optional
 
 READ_SIZE = 256 * 1024
-MAX_READ = 4 * 1024 * 1024
+#: Payloads at least this large are read straight into their own buffer.
+LARGE = 128 * 1024
 _SMALL = 64 * 1024
 _F_SETPIPE_SZ = 1031  # Linux fcntl command
 
@@ -62,6 +63,9 @@ class FdIO:
 
     def read(self, n: int) -> bytes:
         return os.read(self.rfd, n)
+
+    def readinto(self, buf: Any) -> int:
+        return os.readv(self.rfd, [buf])
 
     def write(self, header: bytes, payload: bytes = b"") -> None:
         fd = self.wfd
@@ -195,18 +199,27 @@ class BaseGateway:
     def _read_loop(self) -> None:
         parser = FrameParser(self._max_frame)
         reason = "the other side closed the connection"
+        io = self._io
+        block = bytearray(READ_SIZE)
+        view = memoryview(block)
         try:
             while True:
-                data = self._io.read(min(max(READ_SIZE, parser.need()), MAX_READ))
-                if not data:
+                n = io.readinto(block)
+                if not n:
                     if parser.pending():
                         reason = "the connection ended in the middle of a frame (%d bytes)" % parser.pending()
                     break
-                parser.feed(data)
+                parser.feed(view[:n])
                 while True:
                     frame = parser.next_frame()
                     if frame is None:
-                        break
+                        large = parser.take_large(LARGE)
+                        if large is None:
+                            break
+                        frame = self._read_rest(*large)
+                        if frame is None:
+                            reason = "the connection ended in the middle of a %d-byte frame" % large[2]
+                            return
                     self._dispatch(*frame)
         except ProtocolError as exc:
             reason = "protocol error: %s" % exc
@@ -220,7 +233,21 @@ class BaseGateway:
         finally:
             self._end_connection(reason)
 
-    def _dispatch(self, mtype: int, cid: int, payload: bytes) -> None:
+    def _read_rest(self, mtype: int, cid: int, length: int, part: bytes) -> Any:
+        """Read the rest of a large payload straight into its own buffer (or None at EOF)."""
+        payload = bytearray(length)
+        payload[: len(part)] = part
+        view = memoryview(payload)
+        got = len(part)
+        while got < length:
+            n = self._io.readinto(view[got:])
+            if not n:
+                return None
+            got += n
+        view.release()
+        return (mtype, cid, payload)
+
+    def _dispatch(self, mtype: int, cid: int, payload: Any) -> None:
         if mtype == DATA:
             ch = self._channel_for_id(cid)
             try:

@@ -146,13 +146,37 @@ class FrameParser:
         end = pos + HEADER_SIZE + length
         if len(buf) < end:
             return None
-        payload = bytes(buf[pos + HEADER_SIZE : end])
+        with memoryview(buf) as view:
+            payload = bytes(view[pos + HEADER_SIZE : end])
         if end == len(buf):
             del buf[:]
             self._pos = 0
         else:
             self._pos = end
         return (mtype, channel, payload)
+
+    def take_large(self, threshold: int) -> Optional[Tuple[int, int, int, bytes]]:
+        """Hand over a large frame whose payload has only partly arrived.
+
+        If the buffer starts with a valid header of a frame whose payload is at
+        least ``threshold`` bytes and is not complete yet, return ``(type,
+        channel, length, received_part)`` and forget those bytes: the caller
+        reads the rest of the payload itself, straight into a buffer of its own
+        (saving copies of large messages).  Otherwise return ``None``.
+        """
+        if self._error is not None or len(self._buf) - self._pos < HEADER_SIZE:
+            return None
+        mtype, channel, length = HEADER.unpack_from(self._buf, self._pos)
+        if mtype not in _NAMES or length > self.max_frame or length < threshold:
+            return None  # an invalid header is reported by next_frame()
+        start = self._pos + HEADER_SIZE
+        if len(self._buf) - start >= length:
+            return None
+        with memoryview(self._buf) as view:
+            part = bytes(view[start:])
+        del self._buf[:]
+        self._pos = 0
+        return (mtype, channel, length, part)
 
     def frames(self) -> List[Frame]:
         """All complete frames received so far."""
