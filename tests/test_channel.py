@@ -313,10 +313,7 @@ def test_many_small_messages_from_several_threads_arrive_complete(gw: execpool.G
 def test_channel_data_cannot_set_attributes_of_a_channel(gw: execpool.Gateway) -> None:
     ch = gw.newchannel()
     # PROTO 2; ("ch", id) BINPERSID -> the channel; {"id": 7} BUILD -> must not touch the channel
-    crafted = (
-        b"\x80\x02X\x02\x00\x00\x00chJ" + ch.id.to_bytes(4, "little") + b"\x86Q"
-        b"}X\x02\x00\x00\x00idK\x07sb."
-    )
+    crafted = b"\x80\x02X\x02\x00\x00\x00chJ" + ch.id.to_bytes(4, "little") + b"\x86Q}X\x02\x00\x00\x00idK\x07sb."
     with pytest.raises(execpool.DataFormatError, match="set the state of a channel"):
         execpool.loads(crafted, gw._channel_for_id)
     assert ch.id % 2 == 1 and not ch.isclosed()

@@ -80,7 +80,7 @@ def parse_size(value: str | int, what: str) -> int:
         except ValueError:
             raise ValueError("%s: %r is not a byte count (examples: 1048576, 64M, 1G)" % (what, value)) from None
     if not 1024 <= n <= LIMIT_MAX_FRAME:
-        raise ValueError("%s: %r is out of range; use 1K to 4G" % (what, value))
+        raise ValueError("%s: %r is out of range; use 1K up to 4G minus one byte (4294967295)" % (what, value))
     return n
 
 

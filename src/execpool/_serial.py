@@ -8,14 +8,20 @@ What travels: ``None``, ``bool``, ``int`` (any size), ``float``, ``complex``,
 How: the C pickler does the work (pickle protocol 5, which every CPython
 3.8+ reads).  Dumping uses ``reducer_override`` -- the hook the C pickler
 calls for every object that is not one of its built-in fast-path types -- to
-refuse anything else with a :class:`DumpError` naming the type.  Loading uses
-an unpickler whose ``find_class`` refuses every global except ``complex``
-(so no module is imported and nothing but ``complex()`` is ever called) and
-whose ``persistent_load`` turns channel references back into channels of the
-receiving gateway.  A channel is written as a persistent id; since the C
-pickler calls ``persistent_id`` for *every* object when it is defined, a
-second pickler class with that hook is used only for data that holds a
-channel (the first pass notices and retries).
+refuse anything else with a :class:`DumpError` naming the type
+(``buffer_callback`` refuses ``PickleBuffer``, which skips that hook).
+Loading uses an unpickler whose ``find_class`` refuses every global, so no
+module is imported and nothing is called, and whose ``persistent_load``
+turns the two persistent ids we write back into values: complex numbers
+(``complex(real, imag)`` of two floats) and channels of the receiving
+gateway.  Since the C pickler calls ``persistent_id`` for *every* object once
+it is defined, a second pickler class with that hook is used only for data
+that holds a complex number or a channel (the first pass notices and retries).
+
+Known gaps, for the hardening work: a crafted stream can make ``loads``
+return a read-only ``memoryview`` (opcode READONLY_BUFFER) and can make the
+C unpickler grow its memo table far beyond the frame size (PUT/LONG_BINPUT
+with a huge index); neither runs code, the second costs memory.
 
 This module is shipped to remote interpreters as source: stdlib only,
 CPython 3.8+.
@@ -23,6 +29,7 @@ CPython 3.8+.
 
 from __future__ import annotations
 
+import copyreg
 import io
 
 try:
@@ -43,8 +50,8 @@ PROTOCOL = 5
 _complex = complex
 
 
-class _HasChannel(Exception):
-    """Raised inside the fast pickler when the data holds a channel."""
+class _NeedsSlowPath(Exception):
+    """Raised inside the fast pickler for data holding a channel or a complex number."""
 
 
 def _refuse(obj: object) -> DumpError:
@@ -57,28 +64,31 @@ def _refuse(obj: object) -> DumpError:
     )
 
 
+def _refuse_buffer(buf: object) -> bool:
+    raise DumpError("cannot send a pickle.PickleBuffer over a channel; send bytes or bytearray")
+
+
 class _Pickler(_cpickle.Pickler):
     def reducer_override(self, obj: object) -> Any:
         tp = type(obj)
-        if tp is _complex:
-            return (_complex, (obj.real, obj.imag))  # type: ignore[attr-defined]
-        if obj is _complex:
-            return NotImplemented  # the callable of the tuple above, saved as a global
-        if getattr(tp, "_execpool_channel", False):
-            raise _HasChannel()
+        if tp is _complex or getattr(tp, "_execpool_channel", False):
+            raise _NeedsSlowPath()
         raise _refuse(obj)
 
 
-class _ChannelPickler(_Pickler):
+class _SlowPickler(_cpickle.Pickler):
+    """Writes complex numbers and channels as persistent ids, so that loading needs no global."""
+
     channel_id: Callable[[Any], int] | None = None
 
     def reducer_override(self, obj: object) -> Any:
-        if getattr(type(obj), "_execpool_channel", False):
-            return NotImplemented  # not reached: persistent_id handles it first
-        return super().reducer_override(obj)
+        raise _refuse(obj)  # only reached for what persistent_id() did not take
 
     def persistent_id(self, obj: object) -> object:
-        if getattr(type(obj), "_execpool_channel", False):
+        tp = type(obj)
+        if tp is _complex:
+            return ("c", obj.real, obj.imag)  # type: ignore[attr-defined]
+        if getattr(tp, "_execpool_channel", False):
             if self.channel_id is None:
                 raise DumpError(
                     "a channel can only be sent over a channel of the same gateway, "
@@ -96,53 +106,64 @@ def dumps(obj: object, channel_id: Callable[[Any], int] | None = None) -> bytes:
     """
     f = io.BytesIO()
     try:
-        _Pickler(f, PROTOCOL).dump(obj)
-    except _HasChannel:
-        f = io.BytesIO()
-        p = _ChannelPickler(f, PROTOCOL)
-        p.channel_id = channel_id
-        _dump_checked(p, obj)
-    except DumpError:
-        raise
+        try:
+            _Pickler(f, PROTOCOL, buffer_callback=_refuse_buffer).dump(obj)
+        except _NeedsSlowPath:
+            f = io.BytesIO()
+            p = _SlowPickler(f, PROTOCOL, buffer_callback=_refuse_buffer)
+            p.channel_id = channel_id
+            p.dump(obj)
     except RecursionError:
         raise DumpError("cannot send data nested this deeply over a channel") from None
     return f.getvalue()
-
-
-def _dump_checked(p: _ChannelPickler, obj: object) -> None:
-    try:
-        p.dump(obj)
-    except DumpError:
-        raise
-    except RecursionError:
-        raise DumpError("cannot send data nested this deeply over a channel") from None
 
 
 class _Unpickler(_cpickle.Unpickler):
     channel_for_id: Callable[[int], Any] | None = None
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name == "complex":
-            return _complex
         raise DataFormatError(
             "refused to load %s.%s: channel data may only hold builtin values, "
             "it never imports or calls anything" % (module, name)
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        if type(pid) is tuple and len(pid) == 2 and pid[0] == "ch" and type(pid[1]) is int and 0 < pid[1] < 2**31:
-            if self.channel_for_id is None:
-                raise DataFormatError("channel reference found outside a gateway connection")
-            return self.channel_for_id(pid[1])
-        raise DataFormatError("malformed channel reference %r" % (pid,))
+        if type(pid) is tuple:
+            if len(pid) == 3 and pid[0] == "c" and type(pid[1]) is float and type(pid[2]) is float:
+                return _complex(pid[1], pid[2])
+            if len(pid) == 2 and pid[0] == "ch" and type(pid[1]) is int and 0 < pid[1] < 2**31:
+                if self.channel_for_id is None:
+                    raise DataFormatError("channel reference found outside a gateway connection")
+                return self.channel_for_id(pid[1])
+        raise DataFormatError("malformed persistent reference %r in channel data" % (pid,))
+
+
+def _check_no_extension_opcodes(data: bytes) -> None:
+    """Refuse EXT1/EXT2/EXT4: the C unpickler answers them from copyreg's cache
+    without asking find_class.  Only needed while that cache holds anything."""
+    import pickletools
+
+    try:
+        for op, _, _ in pickletools.genops(data):
+            if op.name in ("EXT1", "EXT2", "EXT4"):
+                raise DataFormatError("refused a copyreg extension code: channel data never calls anything")
+    except DataFormatError:
+        raise
+    except Exception as exc:
+        raise DataFormatError("malformed channel data (%s: %s)" % (type(exc).__name__, exc)) from None
 
 
 def loads(data: bytes | bytearray | memoryview, channel_for_id: Callable[[int], Any] | None = None) -> Any:
     """Load bytes made by :func:`dumps`; raise :class:`DataFormatError` for anything else.
 
-    Loading never imports a module and never calls anything but ``complex``;
-    channel references are resolved with ``channel_for_id`` (refused without it).
+    Loading never imports a module and never calls anything but ``complex``
+    (for complex numbers); channel references are resolved with
+    ``channel_for_id`` (refused without it).
     """
+    if type(data) is not bytes:
+        data = bytes(data)  # the C unpickler reads a BytesIO over bytes far faster
+    if copyreg._extension_cache:  # type: ignore[attr-defined]
+        _check_no_extension_opcodes(data)
     u = _Unpickler(io.BytesIO(data))
     if channel_for_id is not None:
         u.channel_for_id = channel_for_id
