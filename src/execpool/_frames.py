@@ -21,7 +21,7 @@ from ._errors import ProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import List, Optional, Tuple
+    from typing import List, Optional, Tuple, Union
 
     Frame = Tuple[int, int, bytes]
 
@@ -103,7 +103,7 @@ class FrameParser:
         self._pos = 0
         self._error: Optional[ProtocolError] = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> None:
         buf = self._buf
         if self._pos and self._pos >= len(buf) // 2:
             del buf[: self._pos]
