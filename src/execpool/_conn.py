@@ -29,13 +29,14 @@ import threading
 from . import _trace
 from ._channel import Channel
 from ._errors import ChannelClosedError, DataFormatError, DumpError, ProtocolError
-from ._frames import CLOSE, CLOSE_ERROR, DATA, FrameParser, frame_header, type_name
+from ._frames import CLOSE, CLOSE_ERROR, DATA, HEADER, FrameParser, type_name
 from ._serial import dumps, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, Optional
 
+_pack_header = HEADER.pack
 READ_SIZE = 256 * 1024
 #: Payloads at least this large are read straight into their own buffer.
 LARGE = 128 * 1024
@@ -70,9 +71,12 @@ class FdIO:
     def write(self, header: bytes, payload: bytes = b"") -> None:
         fd = self.wfd
         if len(payload) < _SMALL:
-            data = memoryview(header + payload)
-            while data:
-                data = data[os.write(fd, data) :]
+            data = header + payload
+            n = os.write(fd, data)
+            if n < len(data):
+                view = memoryview(data)[n:]
+                while view:
+                    view = view[os.write(fd, view) :]
             return
         parts = [memoryview(header), memoryview(payload)]
         while parts:
@@ -164,7 +168,7 @@ class BaseGateway:
                 "send it in pieces, or raise the cap with max_frame= in the spec (both sides) "
                 "or EXECPOOL_MAX_FRAME_SIZE" % (type_name(mtype), len(payload), self._max_frame, self.id)
             )
-        header = frame_header(mtype, cid, len(payload))
+        header = _pack_header(mtype, cid, len(payload))
         with self._wlock:
             if self._lost is not None:
                 raise ChannelClosedError("cannot send to %s: the connection ended (%s)" % (self.id, self._lost))
@@ -172,7 +176,7 @@ class BaseGateway:
                 self._io.write(header, payload)
             except OSError as exc:
                 raise ChannelClosedError("cannot send to %s: the connection is broken (%s)" % (self.id, exc)) from exc
-        if _trace.enabled():
+        if _trace._level:
             _trace.trace("sent", type_name(mtype), "channel", cid, "bytes", len(payload))
 
     def _close_channel(self, ch: Channel, error: Optional[str]) -> None:
@@ -249,7 +253,7 @@ class BaseGateway:
 
     def _dispatch(self, mtype: int, cid: int, payload: Any) -> None:
         if mtype == DATA:
-            ch = self._channel_for_id(cid)
+            ch = self._channels.get(cid) or self._channel_for_id(cid)
             try:
                 item = loads(payload, self._channel_for_id)
             except DataFormatError as exc:
