@@ -202,6 +202,11 @@ def test_makefile_reads_bytes_and_iterates_lines(gw: execpool.Gateway) -> None:
     assert list(ch.makefile("r")) == [b"a\n", b"b\n", b"c"]
 
 
+def test_makefile_readlines_reads_to_the_end(gw: execpool.Gateway) -> None:
+    ch = gw.remote_exec("f = channel.makefile('w')\nf.write('one\\ntwo\\n')\nf.write('three')")
+    assert ch.makefile("r").readlines() == ["one\n", "two\n", "three"]
+
+
 def test_makefile_with_proxyclose_closes_the_channel(gw: execpool.Gateway) -> None:
     ch = gw.remote_exec("channel.send(list(channel))")
     f = ch.makefile("w", proxyclose=True)

@@ -195,6 +195,13 @@ def _fails_on_purpose(channel):  # type: ignore[no-untyped-def]
 # -- remote_status ---------------------------------------------------------------------------
 
 
+def test_syntax_error_in_sent_source_is_reported_plainly(gw: execpool.Gateway) -> None:
+    with pytest.raises(execpool.RemoteError) as info:
+        gw.remote_exec("x = (1,\nchannel.send(x)").waitclose(10)
+    assert "SyntaxError" in info.value.formatted
+    assert "<execpool _worker>" not in info.value.formatted
+
+
 def test_remote_status_reports_execution_while_code_runs(gw: execpool.Gateway) -> None:
     idle = gw.remote_status()
     assert idle.numexecuting == 0
@@ -287,6 +294,21 @@ def test_missing_interpreter_names_the_command(group: execpool.Group) -> None:
     with pytest.raises(execpool.InterpreterNotFound, match="python9"):
         group.makegateway("popen//python=python9")
     assert len(group) == 0
+
+
+def test_missing_interpreter_message_names_the_gateway_and_spec(group: execpool.Group) -> None:
+    with pytest.raises(execpool.InterpreterNotFound, match=r"gateway gw\d+ \(popen//python=python9\)"):
+        group.makegateway("popen//python=python9")
+
+
+def test_code_interrupted_by_exit_is_not_reported_as_its_own_failure(group: execpool.Group) -> None:
+    gw = group.makegateway()
+    ch = gw.remote_exec("import time; channel.send('running'); time.sleep(600)")
+    assert ch.receive(10) == "running"
+    gw.exit()
+    with pytest.raises(execpool.GatewayLostError):
+        ch.receive(10)
+    assert ch._getremoteerror() is None
 
 
 def test_missing_interpreter_behind_a_launcher(group: execpool.Group) -> None:

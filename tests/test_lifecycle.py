@@ -124,3 +124,18 @@ def test_tracing_is_off_by_default(tmp_path: Path) -> None:
     code = "import execpool; gw = execpool.makegateway(); gw.remote_exec('pass').waitclose(10); gw.exit()"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     assert not list(tmp_path.glob("execpool-debug-*"))
+
+
+def test_worker_output_written_before_exit_is_never_lost(tmp_path: Path) -> None:
+    for _ in range(5):
+        result = run_master_script(
+            """
+            import execpool
+            gw = execpool.makegateway()
+            gw.remote_exec("import sys; print('last words'); sys.stderr.write('and more' + chr(10))").waitclose(10)
+            gw.exit()
+            """,
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "[gw0] last words" in result.stderr and "[gw0] and more" in result.stderr, result.stderr

@@ -1091,6 +1091,9 @@ def test_loads_refuses_enormous_declared_length_quickly_without_allocating(opcod
 
 _MEMO_PROBE = r"""
 import resource, struct, sys
+# measure in a known environment: no address-space cap inherited from the test process
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 from execpool import loads, DataFormatError
 data = b"\x80\x05N" + b"r" + struct.pack("<I", 2**23) + b"."  # LONG_BINPUT 8388608
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

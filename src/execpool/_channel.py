@@ -436,6 +436,10 @@ class ChannelFileRead(_ChannelFile):
             if not self._fill():
                 return self.read()
 
+    def readlines(self) -> list:  # type: ignore[type-arg]
+        """All remaining lines, read until the channel closes."""
+        return list(self)
+
     def __iter__(self) -> Any:
         while True:
             line = self.readline()

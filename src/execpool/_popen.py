@@ -30,7 +30,10 @@ class PopenTransport:
 
     def __init__(self, argv: list[str], gateway_id: str, env: dict[str, str] | None = None) -> None:
         self.argv = argv
+        #: How messages name the gateway, e.g. "gw0 (popen//python=python3.9)".
         self.gateway_id = gateway_id
+        #: What relayed stderr lines start with.
+        self.prefix = "[%s] " % gateway_id
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -58,13 +61,13 @@ class PopenTransport:
             )
         except FileNotFoundError:
             raise InterpreterNotFound(
-                "cannot start gateway %s: the command %r was not found (command line: %s); "
+                "gateway %s: the command %r was not found (command line: %s); "
                 "install that interpreter or point python= at one that exists"
                 % (self.gateway_id, self.argv[0], shlex.join(self.argv[:-2]))
             ) from None
         except PermissionError as exc:
             raise InterpreterNotFound(
-                "cannot start gateway %s: %r is not executable (%s)" % (self.gateway_id, self.argv[0], exc)
+                "gateway %s: %r is not executable (%s)" % (self.gateway_id, self.argv[0], exc)
             ) from None
         _trace.trace("started", self.gateway_id, "pid", self.proc.pid, "argv", self.argv[:-2])
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -91,7 +94,7 @@ class PopenTransport:
     def _relay_stderr(self) -> None:
         assert self.proc and self.proc.stderr
         fd = self.proc.stderr.fileno()
-        prefix = "[%s] " % self.gateway_id
+        prefix = self.prefix
         pending = b""
         while True:
             try:
@@ -128,6 +131,12 @@ class PopenTransport:
         if self._pump is not None:
             self._pump.join(wait)
         return "\n".join(self.stderr_tail)
+
+    def drain_stderr(self, timeout: float = 2.0) -> None:
+        """Wait (briefly) until everything the worker wrote to stderr has been relayed."""
+        if self._pump is not None and self._pump is not threading.current_thread():
+            self._pump.join(timeout)
+        self.release_stderr()
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else None

@@ -61,9 +61,10 @@ def _format_exception(source: str, filename: str) -> str:
     linecache.cache[filename] = (len(source), None, lines, filename)
     _register_own_sources()
     etype, value, tb = sys.exc_info()
-    if tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(etype, value, tb))
+    if tb is not None and tb.tb_next is None:
+        # raised by compile() itself (a SyntaxError in the sent source): the error says it all
+        return "".join(traceback.format_exception_only(etype, value))
+    return "".join(traceback.format_exception(etype, value, tb.tb_next if tb is not None else None))
 
 
 def _register_own_sources() -> None:
@@ -147,10 +148,19 @@ class WorkerGateway(BaseGateway):
         _trace.trace("exec start on channel", channel.id, "in", threading.current_thread().name)
         ns = {"channel": channel, "__name__": "__channelexec__"}
         error = None
+        interrupted = False
         try:
             exec(compile(source, filename, "exec"), ns)
             if call_name is not None:
                 ns[call_name](channel, **kwargs)
+        except KeyboardInterrupt:
+            if self._shutting_down:
+                # Interrupted by our own shutdown: the master asked for it and sees the
+                # connection end; reporting it as the code's failure would mislead.
+                _trace.trace("exec on channel", channel.id, "interrupted by shutdown")
+                interrupted = True
+            else:
+                error = _format_exception(source, filename)
         except BaseException:
             error = _format_exception(source, filename)
             _trace.trace("exec on channel", channel.id, "raised:", error)
@@ -159,7 +169,8 @@ class WorkerGateway(BaseGateway):
                 self._numexecuting -= 1
                 if in_main:
                     self._main_busy = False  # before the close, so the next exec finds it idle
-        channel.close(error=error)
+        if not interrupted:
+            channel.close(error=error)
         _trace.trace("exec done on channel", channel.id)
 
     # -- lifetime ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import threading
 import time
 import types
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _trace
@@ -136,7 +137,8 @@ class Gateway(BaseGateway):
             raise GatewayStartError("xspec %r: python= is empty" % str(spec))
         from ._bootstrap import BOOTSTRAP
 
-        self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], self.id, env=spec.env or None)
+        self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], "%s (%s)" % (self.id, spec), env=spec.env or None)
+        self._transport.prefix = "[%s] " % self.id
         self._started_at = time.perf_counter()
         self._io = self._transport.start()
         self._start_reader()
@@ -261,7 +263,7 @@ class Gateway(BaseGateway):
 
     # -- the public API ---------------------------------------------------------------------
 
-    def remote_exec(self, source: str | types.FunctionType | types.ModuleType, **kwargs: Any) -> Channel:
+    def remote_exec(self, source: str | Callable[..., Any] | types.ModuleType, **kwargs: Any) -> Channel:
         """Run ``source`` in the worker and return the channel connected to it.
 
         ``source`` is a string of Python code (dedented), a module (its source
@@ -349,6 +351,8 @@ class Gateway(BaseGateway):
             transport.kill()
             transport.wait(None)
         self._close_io()
+        if transport is not None:
+            transport.drain_stderr()
 
     def _kill_and_close(self) -> None:
         with self._exit_lock:
@@ -357,6 +361,8 @@ class Gateway(BaseGateway):
             self._transport.kill()
             self._transport.wait(5.0)
         self._close_io()
+        if self._transport is not None:
+            self._transport.drain_stderr()
         if self._group is not None:
             self._group._unregister(self)
 
@@ -375,6 +381,7 @@ class Gateway(BaseGateway):
             raise TimeoutError("gateway %s did not end within %s seconds" % (self.id, timeout))
         if self._transport is not None:
             self._transport.wait(timeout)
+            self._transport.drain_stderr()
 
 
 def _unsupported_transport(spec: XSpec) -> str:
