@@ -335,6 +335,14 @@ def test_a_command_that_is_not_python_fails_clearly(group: execpool.Group) -> No
     assert "cat" in str(info.value)
 
 
+def test_a_failed_start_reports_worker_stderr_in_the_error_not_twice(
+    group: execpool.Group, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(execpool.GatewayStartError, match="invalid option"):
+        group.makegateway("popen//python=cat")
+    assert "invalid option" not in capsys.readouterr().err
+
+
 def test_a_command_that_echoes_garbage_fails_clearly(group: execpool.Group, tmp_path: Path) -> None:
     fake = tmp_path / "fakepython"
     fake.write_text("#!/bin/sh\nprintf 'this is not a frame at all........'\nsleep 30\n")

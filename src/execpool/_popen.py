@@ -119,11 +119,11 @@ class PopenTransport:
                 return
         _write_stderr(prefix + text + "\n")
 
-    def release_stderr(self) -> None:
+    def release_stderr(self, emit: bool = True) -> None:
         """The worker has started: print what it wrote so far and relay from now on."""
         with self._held_lock:
             held, self._held = self._held, None
-        if held:
+        if held and emit:
             _write_stderr("".join(held))
 
     def stderr_text(self, wait: float = 0.5) -> str:
@@ -132,11 +132,14 @@ class PopenTransport:
             self._pump.join(wait)
         return "\n".join(self.stderr_tail)
 
-    def drain_stderr(self, timeout: float = 2.0) -> None:
-        """Wait (briefly) until everything the worker wrote to stderr has been relayed."""
+    def drain_stderr(self, timeout: float = 2.0, emit: bool = True) -> None:
+        """Wait (briefly) until everything the worker wrote to stderr has been relayed.
+
+        With ``emit=False`` lines still held back from start-up are dropped (a failed
+        start reports them in its exception instead)."""
         if self._pump is not None and self._pump is not threading.current_thread():
             self._pump.join(timeout)
-        self.release_stderr()
+        self.release_stderr(emit)
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else None

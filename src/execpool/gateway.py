@@ -161,10 +161,11 @@ class Gateway(BaseGateway):
         """Wait for the worker's hello; on failure, clean up and raise GatewayStartError."""
         if not self._hello_event.wait(timeout):
             self._kill_and_close()
+            stderr = self._transport.stderr_text() if self._transport else ""
             raise GatewayStartError(
                 "gateway %s (%s) did not start within %s seconds: `%s` never answered; "
-                "is it a Python interpreter, and does it start this slowly?"
-                % (self.id, self.spec, timeout, self._describe_command())
+                "is it a Python interpreter, and does it start this slowly?%s"
+                % (self.id, self.spec, timeout, self._describe_command(), _stderr_detail(stderr))
             )
         if self._hello is None:
             self._raise_start_failure(self._start_error or "the worker ended before saying hello")
@@ -202,7 +203,7 @@ class Gateway(BaseGateway):
             self._close_io()
         stderr = transport.stderr_text()
         command = self._describe_command()
-        detail = "\n  worker stderr:\n    " + stderr.replace("\n", "\n    ") if stderr.strip() else ""
+        detail = _stderr_detail(stderr)
         if status == EXIT_TOO_OLD:
             raise InterpreterTooOld(
                 "gateway %s (%s): `%s` is older than CPython 3.8, which execpool workers need; "
@@ -362,7 +363,7 @@ class Gateway(BaseGateway):
             self._transport.wait(5.0)
         self._close_io()
         if self._transport is not None:
-            self._transport.drain_stderr()
+            self._transport.drain_stderr(emit=self._hello is not None and "error" not in self._hello)
         if self._group is not None:
             self._group._unregister(self)
 
@@ -382,6 +383,12 @@ class Gateway(BaseGateway):
         if self._transport is not None:
             self._transport.wait(timeout)
             self._transport.drain_stderr()
+
+
+def _stderr_detail(stderr: str) -> str:
+    if not stderr.strip():
+        return ""
+    return "\n  worker stderr:\n    " + stderr.replace("\n", "\n    ")
 
 
 def _unsupported_transport(spec: XSpec) -> str:
