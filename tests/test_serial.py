@@ -1270,3 +1270,33 @@ def test_format_is_exchanged_with_the_serializer_on_every_local_cpython(interp: 
     _check_sample(loads(bytes.fromhex(lines[2])))
     # 3. ... and its re-pickling of what it loaded from us
     _check_sample(loads(bytes.fromhex(lines[3])))
+
+
+def test_reused_picklers_keep_no_state_between_calls() -> None:
+    shared = [1, 2]
+    first = dumps([shared, shared])
+    # a second call must not refer back to objects memoized by the first one
+    assert dumps([shared, shared]) == first
+    assert dumps(shared) == dumps([1, 2])
+    with pytest.raises(DumpError):
+        dumps([shared, object()])
+    assert dumps([shared, shared]) == first
+
+
+def test_dumps_from_many_threads_at_once_is_correct() -> None:
+    import threading
+
+    errors: list[Any] = []
+
+    def work(n: int) -> None:
+        for i in range(300):
+            value = {"n": n, "i": i, "data": [n] * (i % 7), "c": complex(n, i)}
+            if loads(dumps(value)) != value:
+                errors.append((n, i))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -98,21 +98,47 @@ class _SlowPickler(_cpickle.Pickler):
         return None
 
 
+# Idle (BytesIO, pickler) pairs for reuse: building a pickler costs more than most dumps.
+# list.pop() and list.append() are atomic, so threads share the pool without a lock.
+_idle: list = []  # type: ignore[type-arg]
+_POOL_MAX = 8
+_REUSE_MAX = 64 * 1024
+
+
 def dumps(obj: object, channel_id: Callable[[Any], int] | None = None) -> bytes:
     """Serialize ``obj`` to bytes; raise :class:`DumpError` for what cannot travel.
 
     ``channel_id`` maps a channel to the id it has on the connection the bytes
     will travel over; without it, data holding a channel is refused.
     """
-    f = io.BytesIO()
+    f: io.BytesIO
+    p: _Pickler
     try:
-        try:
-            _Pickler(f, PROTOCOL, buffer_callback=_refuse_buffer).dump(obj)
-        except _NeedsSlowPath:
-            f = io.BytesIO()
-            p = _SlowPickler(f, PROTOCOL, buffer_callback=_refuse_buffer)
-            p.channel_id = channel_id
-            p.dump(obj)
+        f, p = _idle.pop()
+    except IndexError:
+        f = io.BytesIO()
+        p = _Pickler(f, PROTOCOL, buffer_callback=_refuse_buffer)
+    try:
+        p.dump(obj)
+    except _NeedsSlowPath:
+        pass
+    except RecursionError:
+        raise DumpError("cannot send data nested this deeply over a channel") from None
+    else:
+        data: bytes = f.getvalue()
+        if len(data) <= _REUSE_MAX and len(_idle) < _POOL_MAX:
+            f.seek(0)
+            f.truncate()
+            p.clear_memo()
+            _idle.append((f, p))
+        return data
+    # The data holds a complex number or a channel: write it again with persistent ids
+    # (the pickler that raised is not put back: its state is unknown).
+    f = io.BytesIO()
+    slow = _SlowPickler(f, PROTOCOL, buffer_callback=_refuse_buffer)
+    slow.channel_id = channel_id
+    try:
+        slow.dump(obj)
     except RecursionError:
         raise DumpError("cannot send data nested this deeply over a channel") from None
     return f.getvalue()
