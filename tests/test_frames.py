@@ -44,6 +44,14 @@ def encode(mtype: int, channel: int, payload: bytes) -> bytes:
 # -- constants and header layout ---------------------------------------------------
 
 
+def _take_some(p: FrameParser, got: list[Any], attempts: int) -> None:
+    """Ask the parser for up to ``attempts`` frames, collecting those that are complete."""
+    for _ in range(attempts):
+        frame = p.next_frame()
+        if frame is not None:
+            got.append(frame)
+
+
 def test_message_type_constants_are_the_wire_values() -> None:
     assert (EXEC, DATA, CLOSE, CLOSE_ERROR, STATUS, TERMINATE, HELLO) == (1, 2, 3, 4, 5, 6, 7)
 
@@ -180,10 +188,7 @@ def test_parser_interleaved_feeds_and_reads_keep_the_stream_intact() -> None:
         n = rnd.randrange(1, 300)
         p.feed(data[pos : pos + n])
         pos += n
-        for _ in range(rnd.randrange(0, 5)):
-            frame = p.next_frame()
-            if frame is not None:
-                got.append(frame)
+        _take_some(p, got, rnd.randrange(0, 5))
     got += p.frames()
     assert got == frames
     assert p.pending() == 0
@@ -540,10 +545,7 @@ def test_frames_in_random_chunkings_decode_to_the_same_list(
         p.feed(piece)
         assert p.need() >= 1
         # read some, none or all of the complete frames before the next piece
-        for _ in range(rnd.randrange(0, 4)):
-            frame = p.next_frame()
-            if frame is not None:
-                got.append(frame)
+        _take_some(p, got, rnd.randrange(0, 4))
     got += p.frames()
     assert got == frames
     assert p.pending() == 0
