@@ -368,8 +368,36 @@ def test_exit_ends_the_worker_process(group: execpool.Group) -> None:
     assert process_gone(pid)
     assert not gw.alive
     gw.exit()  # harmless twice
-    with pytest.raises(execpool.ChannelClosedError):
+    with pytest.raises(execpool.ChannelClosedError, match=r"exited|ended"):
         gw.remote_exec("pass")
+
+
+def test_exit_does_not_hang_on_a_sender_blocked_by_a_worker_that_does_not_read(group: execpool.Group) -> None:
+    import threading
+
+    gw = group.makegateway()
+    pid = gw.remote_info().pid
+    ch = gw.remote_exec("channel.send('stopped'); import os, signal; os.kill(os.getpid(), signal.SIGSTOP)")
+    assert ch.receive(10) == "stopped"
+    errors: list[BaseException] = []
+
+    def flood() -> None:  # fills the pipe, then blocks in write() holding the write lock
+        try:
+            while True:
+                ch.send(b"x" * 65536)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    assert wait_until(lambda: gw._wlock.locked(), timeout=10)
+    start = time.monotonic()
+    gw.exit(timeout=2)
+    assert time.monotonic() - start < 30  # hang guard
+    t.join(20)
+    assert not t.is_alive()
+    assert errors and isinstance(errors[0], OSError)
+    assert process_gone(pid)
 
 
 def test_exit_interrupts_a_worker_blocked_in_the_main_thread(group: execpool.Group) -> None:

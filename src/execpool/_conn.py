@@ -117,6 +117,7 @@ class BaseGateway:
         self._channels: Dict[int, Channel] = {}
         self._next_id = self._first_channel_id
         self._lost: Optional[str] = None
+        self._write_closed: Optional[str] = None  # why this side stopped writing, once it has
         self._ended = threading.Event()
         self._reader: Optional[threading.Thread] = None
 
@@ -172,12 +173,32 @@ class BaseGateway:
         with self._wlock:
             if self._lost is not None:
                 raise ChannelClosedError("cannot send to %s: the connection ended (%s)" % (self.id, self._lost))
+            if self._write_closed is not None:
+                raise ChannelClosedError("cannot send to %s: %s" % (self.id, self._write_closed))
             try:
                 self._io.write(header, payload)
             except OSError as exc:
                 raise ChannelClosedError("cannot send to %s: the connection is broken (%s)" % (self.id, exc)) from exc
         if _trace._level:
             _trace.trace("sent", type_name(mtype), "channel", cid, "bytes", len(payload))
+
+    def _close_write(self, reason: str, timeout: float = 2.0) -> bool:
+        """Stop writing: close the write side under the write lock, so that no sender can
+        write into a file descriptor that was closed (and maybe reused) under it.
+
+        Returns False if a sender held the lock for ``timeout`` seconds (blocked on a
+        peer that does not read); the caller must then end the peer, which unblocks it.
+        """
+        if not self._wlock.acquire(timeout=timeout):
+            return False
+        try:
+            if self._write_closed is None:
+                self._write_closed = reason
+                if self._io is not None:
+                    self._io.close_write()
+        finally:
+            self._wlock.release()
+        return True
 
     def _close_channel(self, ch: Channel, error: Optional[str]) -> None:
         """Send this side's CLOSE for ``ch`` (called once per channel)."""

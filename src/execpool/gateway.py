@@ -254,13 +254,14 @@ class Gateway(BaseGateway):
         if not self._exiting and self._io is not None:
             # The connection is unusable (protocol error, or the worker closed it): close our
             # side too, so that a worker which is still running sees EOF and exits.
-            if self._wlock.acquire(timeout=1.0):
-                try:
-                    self._io.close_write()
-                finally:
-                    self._wlock.release()
-            elif self._transport is not None:
-                self._transport.kill()  # a writer is stuck on a worker that does not read
+            self._close_write_or_kill("the connection ended (%s)" % reason)
+
+    def _close_write_or_kill(self, reason: str) -> None:
+        if self._io is None:
+            return
+        if not self._close_write(reason) and self._transport is not None:
+            self._transport.kill()  # a sender is stuck writing to a worker that does not read
+            self._close_write(reason, timeout=10.0)
 
     # -- the public API ---------------------------------------------------------------------
 
@@ -336,8 +337,7 @@ class Gateway(BaseGateway):
                 self._send(TERMINATE, 0)
             except ChannelClosedError:
                 pass
-        if self._io is not None:
-            self._io.close_write()
+        self._close_write_or_kill("the gateway was exited")
         if self._group is not None:
             self._group._unregister(self)
 
@@ -370,7 +370,7 @@ class Gateway(BaseGateway):
     def _close_io(self) -> None:
         if self._io is None:
             return
-        self._io.close_write()
+        self._close_write_or_kill("the gateway was exited")
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(5.0)
             if not self._reader.is_alive():
