@@ -380,17 +380,25 @@ def test_exit_does_not_hang_on_a_sender_blocked_by_a_worker_that_does_not_read(g
     ch = gw.remote_exec("channel.send('stopped'); import os, signal; os.kill(os.getpid(), signal.SIGSTOP)")
     assert ch.receive(10) == "stopped"
     errors: list[BaseException] = []
+    sent = [0]
 
     def flood() -> None:  # fills the pipe, then blocks in write() holding the write lock
         try:
             while True:
                 ch.send(b"x" * 65536)
+                sent[0] += 1
         except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=flood, daemon=True)
     t.start()
-    assert wait_until(lambda: gw._wlock.locked(), timeout=10)
+
+    def blocked() -> bool:
+        before = sent[0]
+        time.sleep(0.5)
+        return sent[0] == before and gw._wlock.locked()
+
+    assert wait_until(blocked, timeout=20)
     start = time.monotonic()
     gw.exit(timeout=2)
     assert time.monotonic() - start < 30  # hang guard

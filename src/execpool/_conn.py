@@ -162,7 +162,9 @@ class BaseGateway:
     def _send_item(self, cid: int, item: Any) -> None:
         self._send(DATA, cid, dumps(item, self._channel_id))
 
-    def _send(self, mtype: int, cid: int, payload: bytes = b"") -> None:
+    def _send(self, mtype: int, cid: int, payload: bytes = b"", lock_timeout: float = -1) -> None:
+        """Write one frame.  With ``lock_timeout`` >= 0, give up (ChannelClosedError) if
+        another sender holds the write lock that long, e.g. blocked on a peer that stopped."""
         if len(payload) > self._max_frame:
             raise DumpError(
                 "a %s message of %d bytes is larger than the frame cap of %d bytes on %s: "
@@ -170,7 +172,9 @@ class BaseGateway:
                 "or EXECPOOL_MAX_FRAME_SIZE" % (type_name(mtype), len(payload), self._max_frame, self.id)
             )
         header = _pack_header(mtype, cid, len(payload))
-        with self._wlock:
+        if not self._wlock.acquire(timeout=lock_timeout):
+            raise ChannelClosedError("cannot send to %s: another sender is blocked writing to it" % self.id)
+        try:
             if self._lost is not None:
                 raise ChannelClosedError("cannot send to %s: the connection ended (%s)" % (self.id, self._lost))
             if self._write_closed is not None:
@@ -179,6 +183,8 @@ class BaseGateway:
                 self._io.write(header, payload)
             except OSError as exc:
                 raise ChannelClosedError("cannot send to %s: the connection is broken (%s)" % (self.id, exc)) from exc
+        finally:
+            self._wlock.release()
         if _trace._level:
             _trace.trace("sent", type_name(mtype), "channel", cid, "bytes", len(payload))
 

@@ -334,9 +334,9 @@ class Gateway(BaseGateway):
         _trace.trace("exiting gateway", self.id)
         if self._lost is None and self._io is not None:
             try:
-                self._send(TERMINATE, 0)
+                self._send(TERMINATE, 0, lock_timeout=1.0)
             except ChannelClosedError:
-                pass
+                pass  # closing the write side (or killing the worker) below ends it anyway
         self._close_write_or_kill("the gateway was exited")
         if self._group is not None:
             self._group._unregister(self)
