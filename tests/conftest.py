@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import execpool
+from sshd import SshServer, sshd_missing_reason
 
 INTERPRETERS = execpool.find_interpreters()
 SUPPORTED = [(3, minor) for minor in range(8, 14)]
@@ -100,3 +101,16 @@ def start_master_script(source: str, tmp_path: Path, env: dict[str, str] | None 
         env=full_env,
         cwd=tmp_path,
     )
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real OpenSSH server on 127.0.0.2-4 (aliases host-a, host-b, host-c), one per test process."""
+    reason = sshd_missing_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the ssh tests: " + reason)
+        pytest.skip(reason)
+    server = SshServer.start(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

@@ -281,8 +281,8 @@ def test_unknown_spec_keys_are_warned_about(group: execpool.Group) -> None:
 
 
 def test_transports_not_available_yet_are_refused_clearly(group: execpool.Group) -> None:
-    with pytest.raises(execpool.GatewayStartError, match="ssh transport is not available"):
-        group.makegateway("ssh=localhost")
+    with pytest.raises(execpool.GatewayStartError, match="socket transport is not available"):
+        group.makegateway("socket=localhost:8888")
     with pytest.raises(execpool.GatewayStartError, match="names no transport"):
         group.makegateway("python=python3")
 

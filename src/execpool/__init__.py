@@ -11,12 +11,14 @@ from __future__ import annotations
 from ._channel import NO_ENDMARKER, Channel, ChannelFileRead, ChannelFileWrite
 from ._discover import Interpreter, find_interpreters
 from ._errors import (
+    AuthenticationFailed,
     ChannelClosedError,
     DataFormatError,
     DumpError,
     ExecpoolError,
     GatewayLostError,
     GatewayStartError,
+    HostUnreachable,
     InterpreterNotFound,
     InterpreterTooOld,
     ProtocolError,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_ENDMARKER",
+    "AuthenticationFailed",
     "Channel",
     "ChannelClosedError",
     "ChannelFileRead",
@@ -43,6 +46,7 @@ __all__ = [
     "GatewayLostError",
     "GatewayStartError",
     "Group",
+    "HostUnreachable",
     "Interpreter",
     "InterpreterNotFound",
     "InterpreterTooOld",

@@ -64,6 +64,14 @@ class GatewayStartError(ExecpoolError, OSError):
     """A gateway could not be started: the message says what was run and why it failed."""
 
 
+class HostUnreachable(GatewayStartError):
+    """The host of an ssh gateway could not be reached: unknown name, refused or timed-out connection."""
+
+
+class AuthenticationFailed(GatewayStartError):
+    """The ssh login was refused: no usable key, wrong user, or an unknown or changed host key."""
+
+
 class InterpreterNotFound(GatewayStartError):
     """The command named by ``python=`` (or the default) could not be executed."""
 

@@ -28,8 +28,11 @@ from ._errors import InterpreterNotFound
 class PopenTransport:
     """A worker process on this machine.  ``argv`` is the full command line."""
 
-    def __init__(self, argv: list[str], gateway_id: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], gateway_id: str, env: dict[str, str] | None = None, display: str | None = None
+    ) -> None:
         self.argv = argv
+        self._display = display
         #: How messages name the gateway, e.g. "gw0 (popen//python=python3.9)".
         self.gateway_id = gateway_id
         #: What relayed stderr lines start with.
@@ -89,6 +92,8 @@ class PopenTransport:
 
     def describe(self) -> str:
         """The command line, for messages."""
+        if self._display is not None:
+            return self._display
         return shlex.join(self.argv[:-2]) if len(self.argv) > 2 else shlex.join(self.argv)
 
     def _relay_stderr(self) -> None:

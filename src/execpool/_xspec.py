@@ -20,6 +20,8 @@ KNOWN_KEYS = frozenset(
         "execmodel",
         "installvia",
         "max_frame",
+        "ssh_config",
+        "sshbackend",
     }
 )
 _RESERVED = frozenset({"env", "keys", "unknown_keys", "transport"})
@@ -49,6 +51,8 @@ class XSpec:
     execmodel: Any = None
     installvia: Any = None
     max_frame: Any = None
+    ssh_config: Any = None
+    sshbackend: Any = None
 
     def __init__(self, string: str) -> None:
         if not isinstance(string, str):

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _trace
-from ._bootstrap import EXIT_NO_PAYLOAD, EXIT_TOO_OLD, bootstrap_input
+from ._bootstrap import BOOTSTRAP, EXIT_NO_PAYLOAD, EXIT_TOO_OLD, bootstrap_input
 from ._channel import Channel
 from ._conn import BaseGateway
 from ._errors import (
@@ -51,6 +51,7 @@ from ._errors import (
 from ._frames import EXEC, HELLO, STATUS, TERMINATE, default_max_frame, parse_size
 from ._popen import PopenTransport, describe_status
 from ._serial import dumps, loads
+from ._ssh import classify_failure, ssh_argv
 from ._xspec import XSpec
 
 if TYPE_CHECKING:
@@ -126,18 +127,21 @@ class Gateway(BaseGateway):
     def _spawn(self) -> None:
         """Start the worker process and send the bootstrap (does not wait for it)."""
         spec = self.spec
-        if spec.transport != "popen":
+        where = "%s (%s)" % (self.id, spec)
+        if spec.transport == "popen":
+            python = spec.python if isinstance(spec.python, str) else sys.executable
+            try:
+                cmd = shlex.split(python)
+            except ValueError as exc:
+                raise GatewayStartError("xspec %r: cannot split python=%r: %s" % (str(spec), python, exc)) from None
+            if not cmd:
+                raise GatewayStartError("xspec %r: python= is empty" % str(spec))
+            self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], where, env=spec.env or None)
+        elif spec.transport == "ssh":
+            argv, display = ssh_argv(spec, BOOTSTRAP)
+            self._transport = PopenTransport(argv, where, display=display)
+        else:
             raise GatewayStartError(_unsupported_transport(spec))
-        python = spec.python if isinstance(spec.python, str) else sys.executable
-        try:
-            cmd = shlex.split(python)
-        except ValueError as exc:
-            raise GatewayStartError("xspec %r: cannot split python=%r: %s" % (str(spec), python, exc)) from None
-        if not cmd:
-            raise GatewayStartError("xspec %r: python= is empty" % str(spec))
-        from ._bootstrap import BOOTSTRAP
-
-        self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], "%s (%s)" % (self.id, spec), env=spec.env or None)
         self._transport.prefix = "[%s] " % self.id
         self._started_at = time.perf_counter()
         self._io = self._transport.start()
@@ -204,6 +208,11 @@ class Gateway(BaseGateway):
         stderr = transport.stderr_text()
         command = self._describe_command()
         detail = _stderr_detail(stderr)
+        if self.spec.transport == "ssh":
+            python = self.spec.python if isinstance(self.spec.python, str) else "python3"
+            error = classify_failure(status, stderr, "gateway %s (%s)" % (self.id, self.spec), python)
+            if error is not None:
+                raise error
         if status == EXIT_TOO_OLD:
             raise InterpreterTooOld(
                 "gateway %s (%s): `%s` is older than CPython 3.8, which execpool workers need; "
@@ -397,7 +406,7 @@ def _unsupported_transport(spec: XSpec) -> str:
         return "xspec %r names no transport: start it with 'popen' (a local interpreter)" % str(spec)
     return (
         "xspec %r: the %s transport is not available in this version of execpool; "
-        "only 'popen' gateways (local interpreters, or any launcher command via python=) work so far"
+        "'popen' (local interpreters, or any launcher command via python=) and 'ssh=HOST' work so far"
         % (str(spec), kind)
     )
 

@@ -1,0 +1,104 @@
+"""The ssh transport through the OpenSSH client: a worker on another host.
+
+``ssh=[user@]host[:port]`` starts ``ssh ... host -- exec PYTHON -c BOOTSTRAP``
+as a local process; from then on it is a popen transport whose pipes happen to
+reach another machine.  The OpenSSH client does everything ssh users expect:
+``~/.ssh/config`` (or ``ssh_config=PATH``), ssh-agent, keys, ProxyJump.  It
+runs with ``BatchMode=yes``, so a missing key fails at once instead of waiting
+for a password nobody will type, and with keep-alives, so a dead network
+ends the connection instead of hanging it.
+
+When the start fails, :func:`classify_failure` turns ssh's exit status and
+messages into the error a user can act on: the host cannot be reached, the
+login was refused, the remote interpreter does not exist or is too old.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+
+from ._errors import AuthenticationFailed, GatewayStartError, HostUnreachable, InterpreterNotFound
+from ._xspec import XSpec
+
+#: Exit status of the OpenSSH client when ssh itself (not the remote command) failed.
+SSH_FAILED = 255
+
+_UNREACHABLE = re.compile(
+    r"could not resolve hostname|name or service not known|temporary failure in name resolution|"
+    r"connection refused|connection timed out|no route to host|network is unreachable|"
+    r"connection closed by remote host|operation timed out|connection reset",
+    re.IGNORECASE,
+)
+_REFUSED = re.compile(
+    r"permission denied|too many authentication failures|host key verification failed|"
+    r"no matching host key|authentication failed|remote host identification has changed",
+    re.IGNORECASE,
+)
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """``user@host:port`` -> (``user@host``, ``port``); IPv6 as ``[::1]:22``."""
+    m = re.fullmatch(r"(?P<host>(?:[^@]+@)?(?:\[[^\]]+\]|[^:\[\]]+))(?::(?P<port>\d+))?", target)
+    if not m:
+        raise GatewayStartError("ssh=%r: write the host as [user@]host[:port]" % target)
+    host = m.group("host").replace("[", "").replace("]", "")
+    return host, m.group("port")
+
+
+def ssh_argv(spec: XSpec, bootstrap: str) -> tuple[list[str], str]:
+    """The local command line that starts a worker over ssh, and a short form for messages."""
+    if not isinstance(spec.ssh, str) or not spec.ssh:
+        raise GatewayStartError("xspec %r: ssh= needs a host, e.g. ssh=user@example.org" % str(spec))
+    backend = spec.sshbackend or "openssh"
+    if backend != "openssh":
+        raise GatewayStartError(
+            "xspec %r: sshbackend=%s is not available in this version of execpool; "
+            "use the OpenSSH client (the default)" % (str(spec), backend)
+        )
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise GatewayStartError(
+            "xspec %r: no `ssh` command on PATH; install the OpenSSH client (Debian: openssh-client)" % str(spec)
+        )
+    host, port = split_target(spec.ssh)
+    python = spec.python if isinstance(spec.python, str) and spec.python else "python3"
+    argv = [ssh, "-T", "-x", "-e", "none"]
+    argv += ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+    if isinstance(spec.ssh_config, str):
+        argv += ["-F", spec.ssh_config]
+    if port:
+        argv += ["-p", port]
+    # ssh joins everything after the host into one command for the remote login shell
+    argv += [host, "--", "exec %s -c %s" % (python, shlex.quote(bootstrap))]
+    display = "ssh %s%s %s" % (host, " -p " + port if port else "", python)
+    return argv, display
+
+
+def classify_failure(status: int | None, stderr: str, where: str, command: str) -> GatewayStartError | None:
+    """The specific error for a failed ssh start, or None if nothing specific applies."""
+    text = stderr.strip()
+    if status == SSH_FAILED:
+        if _REFUSED.search(text):
+            return AuthenticationFailed(
+                "%s: the ssh login was refused (%s); check the user, the key (ssh-agent, IdentityFile) "
+                "and the host key in known_hosts -- `ssh` with the same options must work without a prompt"
+                % (where, _last_line(text))
+            )
+        if _UNREACHABLE.search(text):
+            return HostUnreachable(
+                "%s: the host could not be reached (%s); check the host name, port and network"
+                % (where, _last_line(text))
+            )
+    if status == 127:
+        return InterpreterNotFound(
+            "%s: the remote interpreter was not found (`%s`: %s); install Python 3.8+ there or point "
+            "python= at one that exists" % (where, command, _last_line(text) or "command not found")
+        )
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
