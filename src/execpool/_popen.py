@@ -19,32 +19,96 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from . import _trace
 from ._conn import FdIO, enlarge_pipe
 from ._errors import InterpreterNotFound
 
 
-class PopenTransport:
+class StderrRelay:
+    """The part of a transport that relays the worker's stderr, shared by all transports.
+
+    Lines go to the local ``sys.stderr`` prefixed with the gateway id; the last
+    ones are kept for error messages.  Until the worker has started they are held
+    back: on a failed start they go into the exception's message instead.
+    """
+
+    def __init__(self, gateway_id: str) -> None:
+        #: How messages name the gateway, e.g. "gw0 (popen//python=python3.9)".
+        self.gateway_id = gateway_id
+        #: What relayed stderr lines start with.
+        self.prefix = "[%s] " % gateway_id
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._pump: threading.Thread | None = None
+        self._held: list[str] | None = []
+        self._held_lock = threading.Lock()
+
+    def _start_relay(self, read: Callable[[int], bytes]) -> None:
+        self._pump = threading.Thread(
+            target=self._relay_stderr, args=(read,), name="execpool-stderr-%s" % self.gateway_id, daemon=True
+        )
+        self._pump.start()
+
+    def _relay_stderr(self, read: Callable[[int], bytes]) -> None:
+        pending = b""
+        while True:
+            try:
+                data = read(65536)
+            except (OSError, EOFError):
+                data = b""
+            if not data:
+                if pending:
+                    self._emit(pending)
+                return
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self.stderr_tail.append(text)
+        with self._held_lock:
+            if self._held is not None:
+                self._held.append(self.prefix + text + "\n")
+                return
+        _write_stderr(self.prefix + text + "\n")
+
+    def release_stderr(self, emit: bool = True) -> None:
+        """The worker has started: print what it wrote so far and relay from now on."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held and emit:
+            _write_stderr("".join(held))
+
+    def stderr_text(self, wait: float = 0.5) -> str:
+        """The last lines the worker wrote to stderr (waits briefly for the relay to drain)."""
+        if self._pump is not None:
+            self._pump.join(wait)
+        return "\n".join(self.stderr_tail)
+
+    def drain_stderr(self, timeout: float = 2.0, emit: bool = True) -> None:
+        """Wait (briefly) until everything the worker wrote to stderr has been relayed.
+
+        With ``emit=False`` lines still held back from start-up are dropped (a failed
+        start reports them in its exception instead)."""
+        if self._pump is not None and self._pump is not threading.current_thread():
+            self._pump.join(timeout)
+        self.release_stderr(emit)
+
+
+class PopenTransport(StderrRelay):
     """A worker process on this machine.  ``argv`` is the full command line."""
 
     def __init__(
         self, argv: list[str], gateway_id: str, env: dict[str, str] | None = None, display: str | None = None
     ) -> None:
+        super().__init__(gateway_id)
         self.argv = argv
         self._display = display
-        #: How messages name the gateway, e.g. "gw0 (popen//python=python3.9)".
-        self.gateway_id = gateway_id
-        #: What relayed stderr lines start with.
-        self.prefix = "[%s] " % gateway_id
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._pump: threading.Thread | None = None
-        # Until the worker has started, its stderr is held back: on failure it goes into the
-        # exception's message instead of being printed as well.
-        self._held: list[str] | None = []
-        self._held_lock = threading.Lock()
 
     def start(self) -> FdIO:
         env = None
@@ -75,10 +139,8 @@ class PopenTransport:
         _trace.trace("started", self.gateway_id, "pid", self.proc.pid, "argv", self.argv[:-2])
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         enlarge_pipe(self.proc.stdin.fileno())
-        self._pump = threading.Thread(
-            target=self._relay_stderr, name="execpool-stderr-%s" % self.gateway_id, daemon=True
-        )
-        self._pump.start()
+        stderr_fd = self.proc.stderr.fileno()
+        self._start_relay(lambda n: os.read(stderr_fd, n))
         # The gateway's FdIO owns duplicates (non-inheritable, so later children do not
         # hold them open); the originals are closed so that closing the dup means EOF.
         io = FdIO(os.dup(self.proc.stdout.fileno()), os.dup(self.proc.stdin.fileno()))
@@ -95,56 +157,6 @@ class PopenTransport:
         if self._display is not None:
             return self._display
         return shlex.join(self.argv[:-2]) if len(self.argv) > 2 else shlex.join(self.argv)
-
-    def _relay_stderr(self) -> None:
-        assert self.proc and self.proc.stderr
-        fd = self.proc.stderr.fileno()
-        prefix = self.prefix
-        pending = b""
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                if pending:
-                    self._emit(prefix, pending)
-                return
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._emit(prefix, line)
-
-    def _emit(self, prefix: str, line: bytes) -> None:
-        text = line.decode("utf-8", "replace")
-        self.stderr_tail.append(text)
-        with self._held_lock:
-            if self._held is not None:
-                self._held.append(prefix + text + "\n")
-                return
-        _write_stderr(prefix + text + "\n")
-
-    def release_stderr(self, emit: bool = True) -> None:
-        """The worker has started: print what it wrote so far and relay from now on."""
-        with self._held_lock:
-            held, self._held = self._held, None
-        if held and emit:
-            _write_stderr("".join(held))
-
-    def stderr_text(self, wait: float = 0.5) -> str:
-        """The last lines the worker wrote to stderr (waits briefly for the relay to drain)."""
-        if self._pump is not None:
-            self._pump.join(wait)
-        return "\n".join(self.stderr_tail)
-
-    def drain_stderr(self, timeout: float = 2.0, emit: bool = True) -> None:
-        """Wait (briefly) until everything the worker wrote to stderr has been relayed.
-
-        With ``emit=False`` lines still held back from start-up are dropped (a failed
-        start reports them in its exception instead)."""
-        if self._pump is not None and self._pump is not threading.current_thread():
-            self._pump.join(timeout)
-        self.release_stderr(emit)
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else None

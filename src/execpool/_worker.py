@@ -285,6 +285,9 @@ def main(config: Dict[str, Any]) -> None:
         return
     _trace.trace("worker started:", hello)
     gateway._start_reader()
+    # The first compile() in a process costs milliseconds of one-time set-up; pay it while
+    # the master is still reading the hello rather than in the first remote_exec.
+    compile("pass", "<warm-up>", "exec")
     gateway.serve_main()
     _trace.trace("worker main loop ended")
     _exit_now()
