@@ -47,23 +47,40 @@ def split_target(target: str) -> tuple[str, str | None]:
     return host, m.group("port")
 
 
-def ssh_argv(spec: XSpec, bootstrap: str) -> tuple[list[str], str]:
-    """The local command line that starts a worker over ssh, and a short form for messages."""
+BACKENDS = ("openssh", "paramiko")
+
+
+def choose_backend(spec: XSpec) -> str:
+    """``sshbackend=`` if given, else OpenSSH when an ``ssh`` binary exists, else paramiko."""
     if not isinstance(spec.ssh, str) or not spec.ssh:
         raise GatewayStartError("xspec %r: ssh= needs a host, e.g. ssh=user@example.org" % str(spec))
-    backend = spec.sshbackend or "openssh"
-    if backend != "openssh":
-        raise GatewayStartError(
-            "xspec %r: sshbackend=%s is not available in this version of execpool; "
-            "use the OpenSSH client (the default)" % (str(spec), backend)
-        )
+    backend = spec.sshbackend
+    if backend is None:
+        return "openssh" if shutil.which("ssh") else "paramiko"
+    if backend not in BACKENDS:
+        raise GatewayStartError("xspec %r: sshbackend=%s is not one of %s" % (str(spec), backend, ", ".join(BACKENDS)))
+    return str(backend)
+
+
+def remote_python(spec: XSpec) -> str:
+    return spec.python if isinstance(spec.python, str) and spec.python else "python3"
+
+
+def remote_command(spec: XSpec, bootstrap: str) -> str:
+    """What the remote login shell runs: the interpreter with the bootstrap, in place of the shell."""
+    return "exec %s -c %s" % (remote_python(spec), shlex.quote(bootstrap))
+
+
+def ssh_argv(spec: XSpec, bootstrap: str) -> tuple[list[str], str]:
+    """The local OpenSSH command line that starts a worker, and a short form for messages."""
     ssh = shutil.which("ssh")
     if ssh is None:
         raise GatewayStartError(
-            "xspec %r: no `ssh` command on PATH; install the OpenSSH client (Debian: openssh-client)" % str(spec)
+            "xspec %r: no `ssh` command on PATH; install the OpenSSH client (Debian: openssh-client) "
+            "or use sshbackend=paramiko" % str(spec)
         )
     host, port = split_target(spec.ssh)
-    python = spec.python if isinstance(spec.python, str) and spec.python else "python3"
+    python = remote_python(spec)
     argv = [ssh, "-T", "-x", "-e", "none"]
     argv += ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
     if isinstance(spec.ssh_config, str):
@@ -71,7 +88,7 @@ def ssh_argv(spec: XSpec, bootstrap: str) -> tuple[list[str], str]:
     if port:
         argv += ["-p", port]
     # ssh joins everything after the host into one command for the remote login shell
-    argv += [host, "--", "exec %s -c %s" % (python, shlex.quote(bootstrap))]
+    argv += [host, "--", remote_command(spec, bootstrap)]
     display = "ssh %s%s %s" % (host, " -p " + port if port else "", python)
     return argv, display
 

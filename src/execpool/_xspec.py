@@ -22,6 +22,7 @@ KNOWN_KEYS = frozenset(
         "max_frame",
         "ssh_config",
         "sshbackend",
+        "hostkeys",
     }
 )
 _RESERVED = frozenset({"env", "keys", "unknown_keys", "transport"})
@@ -53,6 +54,7 @@ class XSpec:
     max_frame: Any = None
     ssh_config: Any = None
     sshbackend: Any = None
+    hostkeys: Any = None
 
     def __init__(self, string: str) -> None:
         if not isinstance(string, str):

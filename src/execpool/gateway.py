@@ -51,10 +51,11 @@ from ._errors import (
 from ._frames import EXEC, HELLO, STATUS, TERMINATE, default_max_frame, parse_size
 from ._popen import PopenTransport, describe_status
 from ._serial import dumps, loads
-from ._ssh import classify_failure, ssh_argv
+from ._ssh import choose_backend, classify_failure, remote_command, split_target, ssh_argv
 from ._xspec import XSpec
 
 if TYPE_CHECKING:
+    from ._paramiko import ParamikoTransport
     from .group import Group
 
 #: Seconds a worker may take to start and say hello before the start counts as failed.
@@ -106,7 +107,7 @@ class Gateway(BaseGateway):
         super().__init__(id, max_frame)
         self.spec = spec
         self._group = group
-        self._transport: PopenTransport | None = None
+        self._transport: PopenTransport | ParamikoTransport | None = None
         self._hello: dict[str, Any] | None = None
         self._hello_event = threading.Event()
         self._start_error: str | None = None
@@ -138,8 +139,14 @@ class Gateway(BaseGateway):
                 raise GatewayStartError("xspec %r: python= is empty" % str(spec))
             self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], where, env=spec.env or None)
         elif spec.transport == "ssh":
-            argv, display = ssh_argv(spec, BOOTSTRAP)
-            self._transport = PopenTransport(argv, where, display=display)
+            if choose_backend(spec) == "openssh":
+                argv, display = ssh_argv(spec, BOOTSTRAP)
+                self._transport = PopenTransport(argv, where, display=display)
+            else:
+                from ._paramiko import ParamikoTransport
+
+                target, port = split_target(spec.ssh)
+                self._transport = ParamikoTransport(spec, target, port, remote_command(spec, BOOTSTRAP), where)
         else:
             raise GatewayStartError(_unsupported_transport(spec))
         self._transport.prefix = "[%s] " % self.id

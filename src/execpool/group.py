@@ -98,7 +98,7 @@ class Group:
                 with self._lock:
                     self._gateways.append(gw)
                 started.append(gw)
-                gw._spawn()
+            _spawn_all(started)
             for gw in started:
                 gw._finish_start(timeout)
         except BaseException:
@@ -130,6 +130,30 @@ class Group:
             t.start()
         for t in threads:
             t.join()
+
+
+def _spawn_all(gateways: list[Gateway]) -> None:
+    """Start every gateway's process or connection at once (an ssh login takes a while);
+    raise the first error, in spec order, after all attempts are done."""
+    if len(gateways) == 1:
+        gateways[0]._spawn()
+        return
+    errors: list[BaseException | None] = [None] * len(gateways)
+
+    def spawn(i: int) -> None:
+        try:
+            gateways[i]._spawn()
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=spawn, args=(i,), name="execpool-spawn") for i in range(len(gateways))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
 
 
 class MultiChannel:
