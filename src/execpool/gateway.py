@@ -56,6 +56,7 @@ from ._xspec import XSpec
 
 if TYPE_CHECKING:
     from ._paramiko import ParamikoTransport
+    from ._relay import RelayTransport
     from .group import Group
 
 #: Seconds a worker may take to start and say hello before the start counts as failed.
@@ -107,7 +108,7 @@ class Gateway(BaseGateway):
         super().__init__(id, max_frame)
         self.spec = spec
         self._group = group
-        self._transport: PopenTransport | ParamikoTransport | None = None
+        self._transport: PopenTransport | ParamikoTransport | RelayTransport | None = None
         self._hello: dict[str, Any] | None = None
         self._hello_event = threading.Event()
         self._start_error: str | None = None
@@ -129,7 +130,9 @@ class Gateway(BaseGateway):
         """Start the worker process and send the bootstrap (does not wait for it)."""
         spec = self.spec
         where = "%s (%s)" % (self.id, spec)
-        if spec.transport == "popen":
+        if spec.via is not None:
+            self._transport = self._relay_transport(where)
+        elif spec.transport == "popen":
             python = spec.python if isinstance(spec.python, str) else sys.executable
             try:
                 cmd = shlex.split(python)
@@ -167,6 +170,30 @@ class Gateway(BaseGateway):
             self._io.write(bootstrap_input(config))
         except OSError as exc:
             _trace.trace("writing the bootstrap to", self.id, "failed:", exc)  # reported by _finish_start
+
+    def _relay_transport(self, where: str) -> RelayTransport:
+        from ._relay import RelayTransport
+
+        spec = self.spec
+        if spec.transport != "popen" or not isinstance(spec.via, str):
+            raise GatewayStartError(
+                "xspec %r: via= starts a local worker on the via gateway's host; write popen//via=GWID" % str(spec)
+            )
+        if self._group is None or spec.via not in self._group or spec.via == self.id:
+            raise GatewayStartError(
+                "xspec %r: via=%s names no other gateway of this group; start that gateway first"
+                % (str(spec), spec.via)
+            )
+        via = self._group[spec.via]
+        if not via._hello_event.wait(DEFAULT_START_TIMEOUT) or via._hello is None or not via.alive:
+            raise GatewayStartError("xspec %r: the via gateway %s is not running" % (str(spec), via.id))
+        python = spec.python if isinstance(spec.python, str) else via.remote_info().executable
+        try:
+            cmd = shlex.split(python)
+        except ValueError as exc:
+            raise GatewayStartError("xspec %r: cannot split python=%r: %s" % (str(spec), python, exc)) from None
+        display = "%s on %s" % (python, via.id)
+        return RelayTransport(via, [*cmd, "-c", BOOTSTRAP], dict(spec.env), where, display)
 
     def _finish_start(self, timeout: float | None) -> None:
         """Wait for the worker's hello; on failure, clean up and raise GatewayStartError."""

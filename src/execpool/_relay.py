@@ -1,0 +1,222 @@
+"""The relay transport: ``popen//via=GWID`` starts a worker through another gateway.
+
+The via gateway runs :data:`RELAY_SOURCE` (an ordinary ``remote_exec``): it
+starts ``PYTHON -c BOOTSTRAP`` as a child process on its own host and copies
+bytes between that child's pipes and two channels::
+
+    master gateway ──bytes──> relay channel ──> via worker ──> child stdin
+    child stdout ──> via worker ──> relay channel ──bytes──> master gateway
+    child stderr ──> via worker ──> stderr channel ──> "[gwN] " lines on the master
+
+So every worker started ``via=`` one ssh gateway shares that gateway's single
+ssh connection.  Control messages on the relay channel are tuples (data is
+always ``bytes``): the relay reports ``("pid", n)`` once the child runs,
+``("error", text)`` if it could not start, and ``("status", code)`` when it
+exits; the master sends ``("eof",)`` to close the child's stdin and
+``("kill",)`` to kill it.  When the via gateway goes away, the child loses its
+stdin and exits like any worker whose master is gone.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import _trace
+from ._errors import GatewayStartError, InterpreterNotFound
+from ._popen import StderrRelay
+
+RELAY_SOURCE = """
+import os, signal, subprocess, threading
+
+argv, env, errch = channel.receive()
+full_env = dict(os.environ)
+full_env.update(env)
+try:
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0, close_fds=True, start_new_session=True, env=full_env)
+except OSError as exc:
+    channel.send(("error", "%s: %s" % (type(exc).__name__, exc)))
+    errch.close()
+else:
+    channel.send(("pid", proc.pid))
+
+    def pump(fd, out, end):
+        while True:
+            try:
+                data = os.read(fd, 262144)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            try:
+                out.send(data)
+            except OSError:
+                break
+        end()
+
+    def stdout_done():
+        status = proc.wait()
+        try:
+            channel.send(("status", status))
+        except OSError:
+            pass
+
+    threading.Thread(target=pump, args=(proc.stderr.fileno(), errch, errch.close), daemon=True).start()
+    out = threading.Thread(target=pump, args=(proc.stdout.fileno(), channel, stdout_done), daemon=True)
+    out.start()
+    stdin = proc.stdin.fileno()
+    try:
+        for item in channel:
+            if type(item) is bytes:
+                view = memoryview(item)
+                try:
+                    while view:
+                        view = view[os.write(stdin, view):]
+                except OSError:
+                    pass
+            elif item == ("eof",):
+                proc.stdin.close()
+            elif item == ("kill",):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        out.join(30)
+"""
+
+
+_CHUNK = 1024 * 1024
+
+
+class RelayIO:
+    """Byte transport over the relay channel (the gateway's ``io`` object)."""
+
+    def __init__(self, transport: RelayTransport) -> None:
+        self._t = transport
+        self._buf = b""
+        self._wclosed = False
+
+    def _next_bytes(self) -> bytes:
+        t = self._t
+        while True:
+            try:
+                item = t.chan.receive()
+            except EOFError:  # the via gateway went away (GatewayLostError is an EOFError)
+                t._set_status(None)
+                return b""
+            if type(item) is bytes:
+                return item
+            t._control(item)
+            if t.status_known.is_set():
+                return b""
+
+    def read(self, n: int) -> bytes:
+        if not self._buf:
+            self._buf = self._next_bytes()
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def write(self, header: bytes, payload: bytes = b"") -> None:
+        if self._wclosed:
+            raise OSError("the relayed worker's input is closed")
+        data = header + payload
+        try:
+            for start in range(0, len(data), _CHUNK):  # stay well under the via gateway's frame cap
+                self._t.chan.send(data[start : start + _CHUNK])
+        except OSError:
+            raise
+        except Exception as exc:
+            raise OSError(str(exc)) from exc
+
+    def close_write(self) -> None:
+        if not self._wclosed:
+            self._wclosed = True
+            try:
+                self._t.chan.send(("eof",))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.close_write()
+
+
+class RelayTransport(StderrRelay):
+    """A worker started and relayed by another gateway (``via=``)."""
+
+    def __init__(self, via: Any, argv: list[str], env: dict[str, str], gateway_id: str, display: str) -> None:
+        super().__init__(gateway_id)
+        self.via = via
+        self.argv = argv
+        self.env = env
+        self._display = display
+        self.chan: Any = None
+        self.pid: int | None = None  # on the via host
+        self.status: int | None = None
+        self.status_known = threading.Event()
+
+    def describe(self) -> str:
+        return self._display
+
+    def start(self) -> RelayIO:
+        chan = self.via.remote_exec(RELAY_SOURCE)
+        errch = self.via.newchannel()
+        chan.send((self.argv, self.env, errch))
+        first = chan.receive(60)
+        if first[0] == "error":
+            chan.waitclose(10)
+            text = first[1]
+            cls = (
+                InterpreterNotFound if text.startswith(("FileNotFoundError", "PermissionError")) else GatewayStartError
+            )
+            raise cls(
+                "gateway %s: %s could not start `%s` on its host: %s"
+                % (self.gateway_id, self.via.id, self._display, text)
+            )
+        self.pid = int(first[1])
+        self.chan = chan
+
+        def read_err(n: int) -> bytes:  # the stderr channel carries bytes items
+            try:
+                return bytes(errch.receive())
+            except EOFError:
+                return b""
+
+        self._start_relay(read_err)
+        _trace.trace("relay for", self.gateway_id, "via", self.via.id, "pid", self.pid)
+        return RelayIO(self)
+
+    def _control(self, item: Any) -> None:
+        if type(item) is tuple and len(item) == 2 and item[0] == "status":
+            self._set_status(int(item[1]))
+
+    def _set_status(self, status: int | None) -> None:
+        if not self.status_known.is_set():
+            self.status = status if status is not None else -9
+            self.status_known.set()
+
+    def poll(self) -> int | None:
+        return self.status if self.status_known.is_set() else None
+
+    def wait(self, timeout: float | None) -> int | None:
+        self.status_known.wait(timeout)
+        return self.poll()
+
+    def kill(self) -> None:
+        if self.chan is None or self.status_known.is_set():
+            return
+        try:
+            self.chan.send(("kill",))
+        except OSError:
+            self._set_status(None)
