@@ -280,9 +280,9 @@ def test_unknown_spec_keys_are_warned_about(group: execpool.Group) -> None:
         group.makegateway("popen//pyhton=python3")
 
 
-def test_transports_not_available_yet_are_refused_clearly(group: execpool.Group) -> None:
-    with pytest.raises(execpool.GatewayStartError, match="socket transport is not available"):
-        group.makegateway("socket=localhost:8888")
+def test_specs_execpool_cannot_start_are_refused_clearly(group: execpool.Group) -> None:
+    with pytest.raises(execpool.GatewayStartError, match="installvia= is not available"):
+        group.makegateway("socket=localhost:8888//installvia=gw0")
     with pytest.raises(execpool.GatewayStartError, match="names no transport"):
         group.makegateway("python=python3")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 from . import _trace
@@ -202,8 +203,13 @@ class ParamikoTransport(StderrRelay):
         """The remote command's exit status, or None if it is still running after ``timeout``."""
         if self.chan is None:
             return None
-        if not self._killed:
-            self.chan.status_event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # the status arrives as an event; a severed or closed session never sends one
+        while not (self._killed or self.chan.closed or self.chan.status_event.is_set()):
+            remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if remaining <= 0:
+                break
+            self.chan.status_event.wait(remaining)
         return self.poll()
 
     def kill(self) -> None:

@@ -23,6 +23,9 @@ KNOWN_KEYS = frozenset(
         "ssh_config",
         "sshbackend",
         "hostkeys",
+        "token_file",
+        "tls",
+        "tls_ca",
     }
 )
 _RESERVED = frozenset({"env", "keys", "unknown_keys", "transport"})
@@ -55,6 +58,9 @@ class XSpec:
     ssh_config: Any = None
     sshbackend: Any = None
     hostkeys: Any = None
+    token_file: Any = None
+    tls: Any = None
+    tls_ca: Any = None
 
     def __init__(self, string: str) -> None:
         if not isinstance(string, str):

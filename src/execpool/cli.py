@@ -62,7 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("specs", nargs="*", metavar="SPEC", help="xspecs, e.g. popen popen//python=python3.9")
     info.add_argument("--local", action="store_true", help="add every local CPython 3.8+ found")
     info.set_defaults(func=_info)
+    serve = sub.add_parser(
+        "serve",
+        help="accept socket= gateways (token-authenticated)",
+        description="Start an interpreter for every client that proves it knows the token "
+        "(from --token-file or $EXECPOOL_TOKEN). Binds 127.0.0.1 unless told otherwise.",
+    )
+    serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--token-file", help="file holding the shared token (else $EXECPOOL_TOKEN)")
+    serve.add_argument("--python", default=sys.executable, help="interpreter to start per connection")
+    serve.add_argument("--tls-cert", help="certificate (PEM) to serve TLS with")
+    serve.add_argument("--tls-key", help="private key of --tls-cert (default: in the same file)")
+    serve.add_argument(
+        "--handshake-timeout", type=float, default=10.0, help="seconds a client has to authenticate (default 10)"
+    )
+    serve.add_argument("--ready-file", help=argparse.SUPPRESS)  # tests: where to write "host port"
+    serve.set_defaults(func=_serve)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._bootstrap import BOOTSTRAP
+    from ._server import run
+
+    return run(
+        args.token_file,
+        args.bind,
+        args.port,
+        args.python,
+        args.tls_cert,
+        args.tls_key,
+        BOOTSTRAP,
+        args.ready_file,
+        args.handshake_timeout,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,6 +57,7 @@ from ._xspec import XSpec
 if TYPE_CHECKING:
     from ._paramiko import ParamikoTransport
     from ._relay import RelayTransport
+    from ._socket import SocketTransport
     from .group import Group
 
 #: Seconds a worker may take to start and say hello before the start counts as failed.
@@ -108,7 +109,7 @@ class Gateway(BaseGateway):
         super().__init__(id, max_frame)
         self.spec = spec
         self._group = group
-        self._transport: PopenTransport | ParamikoTransport | RelayTransport | None = None
+        self._transport: PopenTransport | ParamikoTransport | RelayTransport | SocketTransport | None = None
         self._hello: dict[str, Any] | None = None
         self._hello_event = threading.Event()
         self._start_error: str | None = None
@@ -130,6 +131,11 @@ class Gateway(BaseGateway):
         """Start the worker process and send the bootstrap (does not wait for it)."""
         spec = self.spec
         where = "%s (%s)" % (self.id, spec)
+        if spec.installvia is not None:
+            raise GatewayStartError(
+                "xspec %r: installvia= is not available in this version of execpool; start `execpool serve` "
+                "on that host yourself and connect with socket=HOST:PORT, or use via=GWID" % str(spec)
+            )
         if spec.via is not None:
             self._transport = self._relay_transport(where)
         elif spec.transport == "popen":
@@ -150,6 +156,10 @@ class Gateway(BaseGateway):
 
                 target, port = split_target(spec.ssh)
                 self._transport = ParamikoTransport(spec, target, port, remote_command(spec, BOOTSTRAP), where)
+        elif spec.transport == "socket":
+            from ._socket import SocketTransport
+
+            self._transport = SocketTransport(spec, where)
         else:
             raise GatewayStartError(_unsupported_transport(spec))
         self._transport.prefix = "[%s] " % self.id
