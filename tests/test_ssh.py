@@ -204,3 +204,25 @@ def test_ssh_targets_are_split_into_host_and_port(target: str, expected: tuple[s
 def test_malformed_ssh_targets_are_refused(target: str) -> None:
     with pytest.raises(execpool.GatewayStartError, match=r"\[user@\]host\[:port\]"):
         split_target(target)
+
+
+@pytest.mark.parametrize("version", ["3.7", "3.6"])
+def test_too_old_remote_interpreter_is_refused(spec: Spec, group: execpool.Group, version: str) -> None:
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    candidates = sorted(root.glob(version + ".*/bin/python3"))
+    if not candidates:
+        pytest.skip("no Python %s installed under %s" % (version, root))
+    with pytest.raises(execpool.InterpreterTooOld, match=r"3\.8"):
+        group.makegateway(spec("host-a", "//python=%s" % candidates[0]))
+
+
+def test_ssh_gateway_helper_of_the_seed_api(sshd_server: SshServer) -> None:
+    gw = execpool.SshGateway("host-c", ssh_config=str(sshd_server.ssh_config))
+    try:
+        assert gw in execpool.default_group
+        assert (
+            gw.remote_exec("import os; channel.send(os.environ['SSH_CONNECTION'].split()[2])").receive(20)
+            == (sshd_server.hosts["host-c"])
+        )
+    finally:
+        gw.exit()

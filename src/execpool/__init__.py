@@ -28,7 +28,7 @@ from ._errors import (
 from ._serial import dumps, loads
 from ._xspec import XSpec
 from .gateway import Gateway, RemoteInfo, RemoteStatus
-from .group import Group, MultiChannel, PopenGateway, default_group, makegateway
+from .group import Group, MultiChannel, PopenGateway, SshGateway, default_group, makegateway
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,7 @@ __all__ = [
     "RemoteError",
     "RemoteInfo",
     "RemoteStatus",
+    "SshGateway",
     "TimeoutError",
     "XSpec",
     "__version__",

@@ -225,6 +225,19 @@ def PopenGateway(python: str | None = None) -> Gateway:  # noqa: N802 - the seed
     return makegateway("popen//python=%s" % python if python else "popen")
 
 
+def SshGateway(  # noqa: N802 - the seed API's name
+    sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None
+) -> Gateway:
+    """A worker on an ssh host: ``SshGateway("user@host", "python3.12")`` is
+    ``makegateway("ssh=user@host//python=python3.12")``."""
+    spec = "ssh=%s" % sshaddress
+    if remotepython:
+        spec += "//python=%s" % remotepython
+    if ssh_config:
+        spec += "//ssh_config=%s" % ssh_config
+    return makegateway(spec)
+
+
 def _terminate_all() -> None:
     for group in list(_groups):
         try:
