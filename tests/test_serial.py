@@ -1092,16 +1092,19 @@ def test_loads_refuses_enormous_declared_length_quickly_without_allocating(opcod
 _MEMO_PROBE = r"""
 import resource, struct, sys
 # measure in a known environment: no address-space cap inherited from the test process
-soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+except (ValueError, OSError):
+    pass
 from execpool import loads, DataFormatError
 data = b"\x80\x05N" + b"r" + struct.pack("<I", 2**23) + b"."  # LONG_BINPUT 8388608
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     loads(data)
-except DataFormatError:
-    pass
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    outcome = "loaded"
+except DataFormatError as exc:
+    outcome = "refused:" + str(exc).replace(" ", "_")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, outcome)
 """
 
 
@@ -1116,7 +1119,10 @@ def test_loads_memo_index_does_not_amplify_memory() -> None:
     # Run in a child process so the (current) 128 MiB spike cannot hurt the test run.
     out = subprocess.run([sys.executable, "-c", _MEMO_PROBE], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    grew = int(out.stdout.strip())
+    grew_text, outcome = out.stdout.split()
+    grew = int(grew_text)
+    if "MemoryError" in outcome:
+        pytest.skip("inconclusive: the probe's allocation failed (a memory limit is in force): %s" % outcome)
     assert grew < 32 * 1024 * 1024, "a 9-byte pickle grew the loader's memory by %d MiB" % (grew >> 20)
 
 
