@@ -89,10 +89,15 @@ def test_user_at_host_form(spec: Spec, group: execpool.Group) -> None:
     assert gw.remote_exec("import os; channel.send(os.getuid())").receive(20) == 0
 
 
-def test_exit_ends_the_remote_worker(sshgw: execpool.Gateway) -> None:
+def test_exit_ends_the_remote_worker_and_the_connection(sshgw: execpool.Gateway) -> None:
     remote_pid = sshgw.remote_info().pid
+    transport: Any = sshgw._transport
     sshgw.exit()
     assert wait_until(lambda: process_gone(remote_pid), timeout=20)
+    if getattr(transport, "proc", None) is not None:
+        assert transport.proc.poll() is not None  # the ssh client process is gone
+    else:
+        assert transport.client.get_transport() is None  # paramiko: the connection is closed
 
 
 def test_losing_the_connection_mid_transfer_ends_channels_without_hanging(sshgw: execpool.Gateway) -> None:

@@ -33,8 +33,9 @@ KEEPALIVE_SECONDS = 15
 class ChannelIO:
     """The gateway's byte transport over a paramiko session channel."""
 
-    def __init__(self, chan: Any) -> None:
+    def __init__(self, chan: Any, client: Any = None) -> None:
         self.chan = chan
+        self.client = client  # closed with the channel: one connection per gateway
         self._wclosed = False
 
     def read(self, n: int) -> bytes:
@@ -70,10 +71,12 @@ class ChannelIO:
 
     def close(self) -> None:
         self.close_write()
-        try:
-            self.chan.close()
-        except Exception:
-            pass
+        for obj in (self.chan, self.client):
+            try:
+                if obj is not None:
+                    obj.close()
+            except Exception:
+                pass
 
 
 class ParamikoTransport(StderrRelay):
@@ -188,7 +191,7 @@ class ParamikoTransport(StderrRelay):
         self.client, self.chan = client, chan
         self._start_relay(lambda n: bytes(chan.recv_stderr(n)))
         _trace.trace("paramiko session to", opts["hostname"], opts["port"], "for", self.gateway_id)
-        return ChannelIO(chan)
+        return ChannelIO(chan, client)
 
     def poll(self) -> int | None:
         if self.chan is None:
