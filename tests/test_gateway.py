@@ -281,8 +281,8 @@ def test_unknown_spec_keys_are_warned_about(group: execpool.Group) -> None:
 
 
 def test_specs_execpool_cannot_start_are_refused_clearly(group: execpool.Group) -> None:
-    with pytest.raises(execpool.GatewayStartError, match="installvia= is not available"):
-        group.makegateway("socket=localhost:8888//installvia=gw0")
+    with pytest.raises(execpool.GatewayStartError, match="installvia=gw7 names no other gateway"):
+        group.makegateway("socket=localhost:8888//installvia=gw7")
     with pytest.raises(execpool.GatewayStartError, match="names no transport"):
         group.makegateway("python=python3")
 

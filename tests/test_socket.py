@@ -285,3 +285,54 @@ def test_tls_connection_with_a_pinned_certificate(
             group.makegateway("%s//tls" % s.spec)  # the system CAs do not know this certificate
     finally:
         stop_server(s)
+
+
+def test_forking_server_runs_workers_in_forked_children(
+    tmp_path: Path, group: execpool.Group, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXECPOOL_TOKEN", TOKEN)
+    s = start_server(tmp_path, "--fork")
+    try:
+        gw = group.makegateway(s.spec)
+        pid = gw.remote_info().pid
+        assert gw.remote_exec("import os; channel.send(os.getppid())").receive(20) == s.proc.pid
+        echo = gw.remote_exec("for x in channel: channel.send(x)")
+        echo.send(b"x" * 100000)
+        assert echo.receive(20) == b"x" * 100000
+        echo.close()
+        gw.exit()
+        assert wait_until(lambda: process_gone(pid), timeout=20)
+        monkeypatch.setenv("EXECPOOL_TOKEN", "a-wrong-token-of-some-length")
+        with pytest.raises(execpool.AuthenticationFailed):
+            group.makegateway(s.spec)
+        assert wait_until(lambda: "wrong token" in s.log_text(), timeout=10)
+    finally:
+        stop_server(s)
+
+
+def test_fork_and_tls_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="--fork and TLS"):
+        start_server(tmp_path, "--fork", "--tls-cert", str(tmp_path / "missing.pem"))
+
+
+def test_installvia_starts_a_server_through_a_gateway(group: execpool.Group, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXECPOOL_TOKEN", raising=False)  # installvia makes its own token
+    base = group.makegateway("popen//id=base")
+    gw = group.makegateway("socket=127.0.0.1:0//installvia=base")
+    assert gw.remote_exec("import os; channel.send(os.getppid())").receive(20) == base.remote_info().pid
+    pid = gw.remote_info().pid
+    gw.exit()
+    assert wait_until(lambda: process_gone(pid), timeout=20)
+    # the installed server stopped with its gateway: nothing runs in base any more
+    assert wait_until(lambda: base.remote_status().numexecuting == 0, timeout=20)
+
+
+def test_installvia_errors_are_clear(group: execpool.Group) -> None:
+    with pytest.raises(execpool.GatewayStartError, match="names no other gateway"):
+        group.makegateway("socket=127.0.0.1:0//installvia=nope")
+    group.makegateway("popen//id=base")
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # the server cannot bind a port in use
+        with pytest.raises(execpool.GatewayStartError, match="could not start a server through base"):
+            group.makegateway("socket=127.0.0.1:%d//installvia=base" % taken.getsockname()[1])
+    with pytest.raises(execpool.GatewayStartError, match="socket=HOST:PORT//installvia=GWID"):
+        group.makegateway("popen//installvia=base")

@@ -117,6 +117,27 @@ def test_losing_the_connection_mid_transfer_ends_channels_without_hanging(sshgw:
     assert wait_until(lambda: process_gone(remote_pid), timeout=30)
 
 
+def test_proxycommand_jump_through_another_host(
+    sshd_server: SshServer, spec: Spec, group: execpool.Group, tmp_path: Path
+) -> None:
+    # "hidden" has a name nobody can resolve: only a ProxyCommand tunnelling through host-a
+    # (ssh -W to host-b's address) reaches it, for both backends
+    addr, port = sshd_server.hosts["host-b"], sshd_server.port
+    known = tmp_path / "known_hosts"
+    key = sshd_server.ssh_config.parent.joinpath("host_key.pub").read_text().split()
+    known.write_text(
+        sshd_server.ssh_config.parent.joinpath("known_hosts").read_text()
+        + "[hidden.invalid]:%d %s %s\n" % (port, key[0], key[1])
+    )
+    jump = "ssh -F %s -W %s:%d host-a" % (sshd_server.ssh_config, addr, port)
+    text = sshd_server.ssh_config.read_text().replace(str(sshd_server.directory / "known_hosts"), str(known))
+    config = tmp_path / "ssh_config"
+    config.write_text("Host hidden\n  HostName hidden.invalid\n  Port %d\n  ProxyCommand %s\n" % (port, jump) + text)
+    gw = group.makegateway(spec("hidden", config=config))
+    got = gw.remote_exec("import os; channel.send(os.environ['SSH_CONNECTION'].split())").receive(20)
+    assert got[2] == addr
+
+
 def test_missing_remote_interpreter_is_named(spec: Spec, group: execpool.Group) -> None:
     with pytest.raises(execpool.InterpreterNotFound, match="python9"):
         group.makegateway(spec("host-a", "//python=python9"))

@@ -90,8 +90,13 @@ class Server:
         tls: Any = None,
         log: Callable[[str], None] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        fork: bool = False,
     ) -> None:
         self.handshake_timeout = handshake_timeout
+        if fork and tls is not None:
+            raise ValueError("--fork and TLS cannot be combined: a forked worker reads the plain socket")
+        self.fork = fork
+        self.forked: list[int] = []
         self.token = token
         self.bootstrap = bootstrap
         self.python = python
@@ -103,7 +108,14 @@ class Server:
         self._closed = False
 
     def serve_forever(self) -> None:
-        self.log("execpool serve: listening on %s:%d (pid %d)" % (self.address[0], self.address[1], os.getpid()))
+        mode = "forking" if self.fork else "one interpreter per connection"
+        self.log(
+            "execpool serve: listening on %s:%d (pid %d, %s)" % (self.address[0], self.address[1], os.getpid(), mode)
+        )
+        if self.fork:
+            import signal
+
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked workers are reaped by the kernel
         try:
             while not self._closed:
                 try:
@@ -112,9 +124,37 @@ class Server:
                     if self._closed:
                         return
                     raise
-                threading.Thread(target=self._handle, args=(conn, addr), daemon=True).start()
+                if self.fork:
+                    self._fork_worker(conn, addr)
+                else:
+                    threading.Thread(target=self._handle, args=(conn, addr), daemon=True).start()
         finally:
             self.close()
+
+    def _fork_worker(self, conn: socket.socket, addr: Any) -> None:
+        """--fork: a child of this (single-threaded) server authenticates the client and, if it
+        passes, becomes the worker in place -- no new interpreter to start."""
+        pid = os.fork()
+        if pid:
+            conn.close()
+            self.forked = [p for p in self.forked if _alive(p)] + [pid]
+            return
+        status = 1
+        try:
+            self.sock.close()
+            if self._handshake(conn, "%s:%d" % (addr[0], addr[1])):
+                self.log("execpool serve: %s:%d authenticated; worker pid %d" % (addr[0], addr[1], os.getpid()))
+                fd = conn.fileno()
+                os.dup2(fd, 0)
+                os.dup2(fd, 1)
+                conn.close()
+                try:
+                    exec(compile(self.bootstrap, "<execpool bootstrap>", "exec"), {"__name__": "__main__"})
+                    status = 0
+                except SystemExit as exc:
+                    status = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os._exit(status)
 
     def close(self) -> None:
         self._closed = True
@@ -122,6 +162,11 @@ class Server:
             self.sock.close()
         except OSError:
             pass
+        for pid in self.forked:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
         for child in self.children:
             if child.poll() is None:
                 child.kill()
@@ -129,6 +174,14 @@ class Server:
 
     def _handle(self, conn: socket.socket, addr: Any) -> None:
         who = "%s:%d" % (addr[0], addr[1])
+        tls_conn = self._handshake(conn, who)
+        if tls_conn is None:
+            return
+        self.log("execpool serve: %s authenticated; starting a worker" % who)
+        self._start_worker(tls_conn, who)
+
+    def _handshake(self, conn: Any, who: str) -> Any:
+        """Authenticate the client; return the (TLS-wrapped) connection, or None if refused."""
         try:
             conn.settimeout(self.handshake_timeout)
             if self.tls is not None:
@@ -141,7 +194,7 @@ class Server:
                 self.log("execpool serve: refused %s: wrong token" % who)
                 conn.sendall(b"\x00")
                 conn.close()
-                return
+                return None
             conn.sendall(b"\x01" + server_mac(self.token, server_nonce, client_nonce))
             conn.settimeout(None)
         except Exception as exc:  # timeouts, TLS errors, garbage, early close
@@ -150,9 +203,8 @@ class Server:
                 conn.close()
             except OSError:
                 pass
-            return
-        self.log("execpool serve: %s authenticated; starting a worker" % who)
-        self._start_worker(conn, who)
+            return None
+        return conn
 
     def _start_worker(self, conn: Any, who: str) -> None:
         argv = [self.python, "-c", self.bootstrap]
@@ -171,6 +223,14 @@ class Server:
         status = child.wait()
         self.children.remove(child)
         self.log("execpool serve: worker %d of %s exited with status %d" % (child.pid, who, status))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
 
 
 def _log_to_stderr(text: str) -> None:
@@ -224,6 +284,7 @@ def run(
     bootstrap: str,
     ready_file: str | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    fork: bool = False,
 ) -> int:
     """The ``execpool serve`` command."""
     try:
@@ -231,13 +292,20 @@ def run(
     except (OSError, ValueError) as exc:
         sys.stderr.write("execpool serve: %s\n" % exc)
         return 2
+    if fork and cert:
+        sys.stderr.write("execpool serve: --fork and TLS cannot be combined: a forked worker reads the plain socket\n")
+        return 2
     tls = None
     if cert:
         import ssl
 
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
-    server = Server(token, bootstrap, host, port, python, tls, handshake_timeout=handshake_timeout)
+    try:
+        server = Server(token, bootstrap, host, port, python, tls, handshake_timeout=handshake_timeout, fork=fork)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("execpool serve: %s\n" % exc)
+        return 2
     if ready_file:
         tmp = ready_file + ".tmp"
         with open(tmp, "w") as f:

@@ -24,13 +24,54 @@ from ._errors import AuthenticationFailed, GatewayStartError, HostUnreachable
 from ._popen import StderrRelay
 from ._server import HANDSHAKE_TIMEOUT, MAC, MAGIC, NONCE, client_mac, read_token, recv_exact, server_mac
 
+# Runs in the installvia= gateway after the source of ``_server``: a server for one client.
+INSTALL_DRIVER = """
+
+def _execpool_install(channel):
+    import threading
+    token, host, port, bootstrap = channel.receive()
+    server = Server(token, bootstrap, host, port)
+    channel.send(tuple(server.address))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        channel.receive()  # until the client's gateway is done with it (or this gateway ends)
+    except EOFError:
+        pass
+    finally:
+        server.close()
+
+
+_execpool_install(channel)
+"""
+
+
+def install_server(via: Any, host: str, port: int, bootstrap: str) -> tuple[tuple[str, int], bytes, Any]:
+    """Start a one-client ``execpool serve`` through the gateway ``via``.
+
+    The server's source is sent with ``remote_exec`` (it is stdlib-only), with a
+    fresh random token that travels over ``via``'s own, already trusted, channel.
+    Returns the address it listens on, the token, and the channel whose closing
+    stops it.
+    """
+    import secrets
+    from pathlib import Path
+
+    from . import _server
+
+    token = secrets.token_hex(32).encode()
+    ch = via.remote_exec(Path(_server.__file__).read_text(encoding="utf-8") + INSTALL_DRIVER)
+    ch.send((token, host, port, bootstrap))
+    host_port = ch.receive(60)
+    return (str(host_port[0]), int(host_port[1])), token, ch
+
 
 class SocketIO:
     """The gateway's byte transport over a (TLS) socket."""
 
-    def __init__(self, sock: Any, ended: threading.Event) -> None:
+    def __init__(self, sock: Any, ended: threading.Event, on_close: Any = None) -> None:
         self.sock = sock
         self._ended = ended
+        self._on_close = on_close
         self._wclosed = False
 
     def read(self, n: int) -> bytes:
@@ -78,6 +119,8 @@ class SocketIO:
             self.sock.close()
         except OSError:
             pass
+        if self._on_close is not None:
+            self._on_close()
 
 
 class SocketTransport(StderrRelay):
@@ -85,9 +128,12 @@ class SocketTransport(StderrRelay):
 
     pid = None  # no local process
 
-    def __init__(self, spec: Any, gateway_id: str) -> None:
+    def __init__(self, spec: Any, gateway_id: str, installvia: Any = None, bootstrap: str = "") -> None:
         super().__init__(gateway_id)
         self.spec = spec
+        self.installvia = installvia  # a gateway that starts the server for us
+        self._bootstrap = bootstrap
+        self._install_channel: Any = None
         m = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)", str(spec.socket))
         if not m:
             raise GatewayStartError("xspec %r: write socket=HOST:PORT" % str(spec))
@@ -99,12 +145,31 @@ class SocketTransport(StderrRelay):
     def describe(self) -> str:
         return "socket %s:%d" % (self.host, self.port)
 
+    def _install(self, where: str) -> bytes:
+        try:
+            (self.host, self.port), token, self._install_channel = install_server(
+                self.installvia, self.host, self.port, self._bootstrap
+            )
+        except Exception as exc:
+            raise GatewayStartError(
+                "%s: could not start a server through %s on %s:%d: %s"
+                % (where, self.installvia.id, self.host, self.port, str(exc).strip().splitlines()[-1])
+            ) from None
+        return token
+
+    def _stop_installed(self) -> None:
+        if self._install_channel is not None:
+            self._install_channel.close()
+
     def start(self) -> SocketIO:
         where = "gateway %s" % self.gateway_id
-        try:
-            token = read_token(self.spec.token_file if isinstance(self.spec.token_file, str) else None)
-        except (OSError, ValueError) as exc:
-            raise GatewayStartError("%s: %s" % (where, exc)) from None
+        if self.installvia is not None:
+            token = self._install(where)
+        else:
+            try:
+                token = read_token(self.spec.token_file if isinstance(self.spec.token_file, str) else None)
+            except (OSError, ValueError) as exc:
+                raise GatewayStartError("%s: %s" % (where, exc)) from None
         try:
             sock: Any = socket.create_connection((self.host, self.port), timeout=HANDSHAKE_TIMEOUT)
         except OSError as exc:
@@ -140,15 +205,17 @@ class SocketTransport(StderrRelay):
             sock.settimeout(None)
         except (GatewayStartError, AuthenticationFailed):
             sock.close()
+            self._stop_installed()
             raise
         except Exception as exc:
             sock.close()
+            self._stop_installed()
             raise GatewayStartError(
                 "%s: the handshake with %s:%d failed (%s: %s)" % (where, self.host, self.port, type(exc).__name__, exc)
             ) from None
         self.sock = sock
         self.release_stderr()
-        return SocketIO(sock, self.ended)
+        return SocketIO(sock, self.ended, self._stop_installed)
 
     def poll(self) -> int | None:
         return 0 if self.ended.is_set() else None
@@ -164,3 +231,4 @@ class SocketTransport(StderrRelay):
             except OSError:
                 pass
         self.ended.set()
+        self._stop_installed()  # the installed server kills what is left of its worker

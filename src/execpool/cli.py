@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--handshake-timeout", type=float, default=10.0, help="seconds a client has to authenticate (default 10)"
     )
+    serve.add_argument(
+        "--fork",
+        action="store_true",
+        help="fork this server for each client instead of starting an interpreter (faster; no TLS)",
+    )
     serve.add_argument("--ready-file", help=argparse.SUPPRESS)  # tests: where to write "host port"
     serve.set_defaults(func=_serve)
     return parser
@@ -96,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         BOOTSTRAP,
         args.ready_file,
         args.handshake_timeout,
+        args.fork,
     )
 
 

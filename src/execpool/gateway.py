@@ -131,11 +131,7 @@ class Gateway(BaseGateway):
         """Start the worker process and send the bootstrap (does not wait for it)."""
         spec = self.spec
         where = "%s (%s)" % (self.id, spec)
-        if spec.installvia is not None:
-            raise GatewayStartError(
-                "xspec %r: installvia= is not available in this version of execpool; start `execpool serve` "
-                "on that host yourself and connect with socket=HOST:PORT, or use via=GWID" % str(spec)
-            )
+        installvia = self._installvia()
         if spec.via is not None:
             self._transport = self._relay_transport(where)
         elif spec.transport == "popen":
@@ -159,7 +155,7 @@ class Gateway(BaseGateway):
         elif spec.transport == "socket":
             from ._socket import SocketTransport
 
-            self._transport = SocketTransport(spec, where)
+            self._transport = SocketTransport(spec, where, installvia, BOOTSTRAP)
         else:
             raise GatewayStartError(_unsupported_transport(spec))
         self._transport.prefix = "[%s] " % self.id
@@ -181,6 +177,28 @@ class Gateway(BaseGateway):
         except OSError as exc:
             _trace.trace("writing the bootstrap to", self.id, "failed:", exc)  # reported by _finish_start
 
+    def _installvia(self) -> Gateway | None:
+        """The running gateway named by ``installvia=`` (None without the key)."""
+        spec = self.spec
+        if spec.installvia is None:
+            return None
+        if spec.transport != "socket" or not isinstance(spec.installvia, str):
+            raise GatewayStartError(
+                "xspec %r: installvia= starts a socket server; write socket=HOST:PORT//installvia=GWID" % str(spec)
+            )
+        return self._group_member(spec.installvia, "installvia")
+
+    def _group_member(self, gid: str, key: str) -> Gateway:
+        spec = self.spec
+        if self._group is None or gid not in self._group or gid == self.id:
+            raise GatewayStartError(
+                "xspec %r: %s=%s names no other gateway of this group; start that gateway first" % (str(spec), key, gid)
+            )
+        other = self._group[gid]
+        if not other._hello_event.wait(DEFAULT_START_TIMEOUT) or other._hello is None or not other.alive:
+            raise GatewayStartError("xspec %r: the %s gateway %s is not running" % (str(spec), key, other.id))
+        return other
+
     def _relay_transport(self, where: str) -> RelayTransport:
         from ._relay import RelayTransport
 
@@ -189,14 +207,7 @@ class Gateway(BaseGateway):
             raise GatewayStartError(
                 "xspec %r: via= starts a local worker on the via gateway's host; write popen//via=GWID" % str(spec)
             )
-        if self._group is None or spec.via not in self._group or spec.via == self.id:
-            raise GatewayStartError(
-                "xspec %r: via=%s names no other gateway of this group; start that gateway first"
-                % (str(spec), spec.via)
-            )
-        via = self._group[spec.via]
-        if not via._hello_event.wait(DEFAULT_START_TIMEOUT) or via._hello is None or not via.alive:
-            raise GatewayStartError("xspec %r: the via gateway %s is not running" % (str(spec), via.id))
+        via = self._group_member(spec.via, "via")
         python = spec.python if isinstance(spec.python, str) else via.remote_info().executable
         try:
             cmd = shlex.split(python)
