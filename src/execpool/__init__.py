@@ -29,6 +29,7 @@ from ._serial import dumps, loads
 from ._xspec import XSpec
 from .gateway import Gateway, RemoteInfo, RemoteStatus
 from .group import Group, MultiChannel, PopenGateway, SshGateway, default_group, makegateway
+from .rsync import RSync, RSyncError
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,8 @@ __all__ = [
     "MultiChannel",
     "PopenGateway",
     "ProtocolError",
+    "RSync",
+    "RSyncError",
     "RemoteError",
     "RemoteInfo",
     "RemoteStatus",

@@ -1,0 +1,218 @@
+"""The receiving side of RSync: runs in a worker via ``remote_exec`` (stdlib-only, 3.8+).
+
+Conversation on the channel, master (M) and this receiver (R)::
+
+    M: ("start", destdir, options)       R: ("ready", realpath of destdir) or an error
+    M: ("list", entries)                 entries: (relpath, kind, size, mtime_ns, mode, link)
+                                         kind "d" directory, "f" file, "l" symlink
+    R: ("need", [(relpath, sha256 of the file here or None), ...])
+    M: ("touch", relpath, mtime_ns, mode)  same content: only the metadata changes
+    M: ("file", relpath), ("data", bytes)*, ("end", mtime_ns, mode)   one file, streamed
+    M: ("abort",)                          instead of "end": the source changed while sent; keep
+                                           what is here (the temporary file is removed)
+    M: ("skip", relpath)                   the source file vanished or failed: keep what is here
+    M: ("finish",)                       R: ("done", stats)
+
+Every relpath is checked before use: no absolute paths, no ``..``, no empty
+or dot components, and no path that leads through a symlink -- so nothing is
+ever written or deleted outside ``destdir``, whatever the master sends.  Files
+are written to a temporary name in their directory and renamed into place, so
+a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
+
+CHUNK = 256 * 1024
+
+
+class RSyncError(Exception):
+    pass
+
+
+def _check_rel(rel: str) -> List[str]:
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\x00" in rel:
+        raise RSyncError("refused path %r: not a relative path" % (rel,))
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise RSyncError("refused path %r: empty, '.' or '..' component" % (rel,))
+    return parts
+
+
+class Receiver:
+    def __init__(self, channel: Any, destdir: str, options: Optional[Dict[str, Any]]) -> None:
+        self.channel = channel
+        self.options = options or {}
+        self.root = os.path.realpath(os.path.expanduser(destdir))
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise RSyncError("target %s exists and is not a directory" % self.root)
+        os.makedirs(self.root, exist_ok=True)
+        self.stats = {"files": 0, "bytes": 0, "touched": 0, "deleted": 0, "links": 0, "dirs": 0, "skipped": 0}
+
+    def path(self, rel: str) -> str:
+        """The path of ``rel`` under the root, refusing any way out of it."""
+        parts = _check_rel(rel)
+        current = self.root
+        for part in parts[:-1]:
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise RSyncError("refused path %r: %s is a symlink at the target" % (rel, current))
+        return os.path.join(current, parts[-1])
+
+    def run(self) -> None:
+        ch = self.channel
+        ch.send(("ready", self.root))
+        cmd, entries = ch.receive()
+        assert cmd == "list", cmd
+        wanted: Dict[str, Any] = {}
+        for rel, kind, size, mtime, mode, link in entries:
+            self.path(rel)  # validate every name first
+            wanted[rel] = (kind, size, mtime, mode, link)
+        if self.options.get("delete"):
+            self._delete_extra(wanted)
+        need: List[Any] = []
+        for rel in sorted(wanted, key=lambda r: r.count("/")):
+            kind, size, mtime, mode, link = wanted[rel]
+            target = self.path(rel)
+            if kind == "d":
+                self._ensure_dir(target, mode)
+            elif kind == "l":
+                self._ensure_link(target, link)
+        for rel, (kind, size, mtime, mode, _link) in wanted.items():
+            if kind != "f":
+                continue
+            target = self.path(rel)
+            try:
+                st = os.lstat(target)
+            except FileNotFoundError:
+                need.append((rel, None))
+                continue
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                self._remove(target)
+                need.append((rel, None))
+            elif st.st_size != size:
+                need.append((rel, None))
+            elif st.st_mtime_ns != mtime:
+                need.append((rel, _sha256(target)))
+            elif stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
+                os.chmod(target, stat.S_IMODE(mode))
+        ch.send(("need", need))
+        out: Any = None
+        tmp: Any = None
+        current = ""
+        while True:
+            msg = ch.receive()
+            cmd = msg[0]
+            if cmd == "finish":
+                break
+            if cmd == "touch":
+                _, rel, mtime, mode = msg
+                target = self.path(rel)
+                os.chmod(target, stat.S_IMODE(mode))
+                os.utime(target, ns=(mtime, mtime))
+                self.stats["touched"] += 1
+            elif cmd == "file":
+                current = self.path(msg[1])
+                tmp = "%s.execpool-tmp-%d" % (current, os.getpid())
+                out = open(tmp, "wb")
+            elif cmd == "data":
+                out.write(msg[1])
+                self.stats["bytes"] += len(msg[1])
+            elif cmd == "end":
+                _, mtime, mode = msg
+                out.close()
+                os.chmod(tmp, stat.S_IMODE(mode))
+                os.utime(tmp, ns=(mtime, mtime))
+                if os.path.isdir(current) and not os.path.islink(current):
+                    self._remove(current)
+                os.replace(tmp, current)
+                out = tmp = None
+                self.stats["files"] += 1
+            elif cmd == "abort":
+                out.close()
+                os.unlink(tmp)
+                out = tmp = None
+                self.stats["skipped"] += 1
+            elif cmd == "skip":
+                self.stats["skipped"] += 1
+            else:
+                raise RSyncError("unknown command %r" % (cmd,))
+        for rel, (kind, _size, mtime, _mode, _link) in wanted.items():
+            if kind == "d":  # directory times last: writing inside changes them
+                try:
+                    os.utime(self.path(rel), ns=(mtime, mtime))
+                except OSError:
+                    pass
+        ch.send(("done", self.stats))
+
+    def _ensure_dir(self, target: str, mode: int) -> None:
+        if os.path.islink(target) or (os.path.exists(target) and not os.path.isdir(target)):
+            self._remove(target)
+        if not os.path.isdir(target):
+            os.mkdir(target)
+            self.stats["dirs"] += 1
+        os.chmod(target, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+
+    def _ensure_link(self, target: str, link: str) -> None:
+        if os.path.islink(target) and os.readlink(target) == link:
+            return
+        if os.path.lexists(target):
+            self._remove(target)
+        os.symlink(link, target)
+        self.stats["links"] += 1
+
+    def _remove(self, target: str) -> None:
+        if os.path.isdir(target) and not os.path.islink(target):
+            for dirpath, dirnames, filenames in os.walk(target, topdown=False):
+                for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                    os.unlink(os.path.join(dirpath, name))
+                for name in dirnames:
+                    p = os.path.join(dirpath, name)
+                    if not os.path.islink(p):
+                        os.chmod(p, 0o700)
+                        os.rmdir(p)
+            os.chmod(target, 0o700)
+            os.rmdir(target)
+        else:
+            os.unlink(target)
+
+    def _delete_extra(self, wanted: Dict[str, Any]) -> None:
+        for dirpath, dirnames, filenames in os.walk(self.root, topdown=True):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            for name in list(dirnames):
+                rel = rel_dir + name
+                full = os.path.join(dirpath, name)
+                if rel not in wanted or wanted[rel][0] != "d":
+                    if rel not in wanted:
+                        self._remove(full)
+                        self.stats["deleted"] += 1
+                    dirnames.remove(name)  # never descend into what is not ours
+            for name in filenames:
+                rel = rel_dir + name
+                if rel not in wanted and ".execpool-tmp-" not in name:
+                    os.unlink(os.path.join(dirpath, name))
+                    self.stats["deleted"] += 1
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(CHUNK)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+if __name__ == "__channelexec__":
+    _cmd, _destdir, _options = channel.receive()  # type: ignore[name-defined]  # noqa: F821
+    Receiver(channel, _destdir, _options).run()  # type: ignore[name-defined]  # noqa: F821

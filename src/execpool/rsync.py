@@ -1,0 +1,271 @@
+"""RSync: copy a directory tree to one or many gateways, sending only what changed.
+
+Data flow of one :meth:`RSync.send`::
+
+    master: walk the source once --> listing (path, kind, size, mtime, mode, link)
+        --> to every target's receiver (remote_exec of _rsync_receiver, no install needed)
+    each receiver: compare with its tree, delete extras (delete=True), make dirs and links
+        --> "need" list: files missing or of another size (whole), or of another
+            mtime (with the sha256 of its copy, so equal content only gets a touch)
+    master: for each file some target needs: read it once, stream it to every target
+        that needs it (256 KiB messages), then mode and mtime; files that vanished
+        or fail to read are reported and skipped, never fatal
+    receivers: write to a temporary name, rename into place; report stats
+
+What is not here yet: block-level deltas of large files (a changed file is sent
+whole), compression, a progress bar, and the ``execpool rsync`` command.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._channel import Channel
+from ._errors import ExecpoolError
+from ._rsync_receiver import _sha256
+from .gateway import Gateway
+
+CHUNK = 256 * 1024
+
+
+class RSyncError(ExecpoolError):
+    """An RSync could not start or a target failed; the message names the target."""
+
+
+class RSync:
+    """Synchronise ``sourcedir`` to directories on one or more gateways.
+
+    ``callback(command, path, channel)`` is called for each file sent
+    (``command`` is ``"send"``) and for each source problem (``"error"``).
+    ``exclude`` takes gitignore-like patterns: ``"*.pyc"`` (a name anywhere),
+    ``"build/"`` (a directory anywhere), ``"docs/*.tmp"`` (relative to the
+    source).  Override :meth:`filter` for anything else.  Symlinks are sent as
+    links; an absolute link target, or one leading out of the source, is
+    refused unless ``links="keep"`` (send as is) or ``"skip"``.
+    """
+
+    def __init__(
+        self,
+        sourcedir: str | os.PathLike[str],
+        callback: Callable[..., Any] | None = None,
+        verbose: bool = True,
+        exclude: Sequence[str] = (),
+        links: str = "safe",
+    ) -> None:
+        self._sourcedir = str(Path(sourcedir).absolute())
+        self._callback = callback
+        self._verbose = verbose
+        self._exclude = list(exclude)
+        if links not in ("safe", "keep", "skip"):
+            raise ValueError("links= must be 'safe', 'keep' or 'skip', not %r" % (links,))
+        self._links = links
+        self._targets: list[tuple[Gateway, str, Callable[[], Any] | None, dict[str, Any]]] = []
+        #: What the last send() found wrong in the source (vanished files, unreadable ones, ...).
+        self.problems: list[str] = []
+        #: Per-target statistics of the last send(), keyed by gateway id.
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def filter(self, path: str) -> bool:
+        """Return False to leave ``path`` (absolute, in the source) out; default: keep it."""
+        return True
+
+    def add_target(
+        self,
+        gateway: Gateway,
+        destdir: str | os.PathLike[str],
+        finishedcallback: Callable[[], Any] | None = None,
+        delete: bool = False,
+    ) -> None:
+        """Sync to ``destdir`` on ``gateway`` (created if missing); ``delete=True``
+        removes what the source does not have."""
+        self._targets.append((gateway, str(destdir), finishedcallback, {"delete": bool(delete)}))
+
+    # -- the source ------------------------------------------------------------------
+
+    def _excluded(self, rel: str, is_dir: bool) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        for pattern in self._exclude:
+            if pattern.endswith("/"):
+                if is_dir and (fnmatch.fnmatchcase(name, pattern[:-1]) or fnmatch.fnmatchcase(rel, pattern[:-1])):
+                    return True
+            elif "/" in pattern:
+                if fnmatch.fnmatchcase(rel, pattern.lstrip("/")):
+                    return True
+            elif fnmatch.fnmatchcase(name, pattern):
+                return True
+        return False
+
+    def _walk(self) -> list[tuple[str, str, int, int, int, str | None]]:
+        root = self._sourcedir
+        if not os.path.isdir(root):
+            raise RSyncError("RSync source %s is not a directory" % root)
+        entries: list[tuple[str, str, int, int, int, str | None]] = []
+        for dirpath, dirnames, filenames in os.walk(root, topdown=True, followlinks=False):
+            rel_dir = os.path.relpath(dirpath, root)
+            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for name in sorted(dirnames + filenames):
+                rel = prefix + name
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(full)
+                except OSError as exc:
+                    self._problem("%s vanished during the walk (%s)" % (rel, exc))
+                    continue
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if self._excluded(rel, is_dir) or not self.filter(full):
+                    if is_dir and name in dirnames:
+                        dirnames.remove(name)
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    link = os.readlink(full)
+                    if not self._link_ok(rel, link):
+                        continue
+                    entries.append((rel, "l", 0, st.st_mtime_ns, 0, link))
+                elif is_dir:
+                    entries.append((rel, "d", 0, st.st_mtime_ns, st.st_mode, None))
+                elif stat.S_ISREG(st.st_mode):
+                    entries.append((rel, "f", st.st_size, st.st_mtime_ns, st.st_mode, None))
+                else:
+                    self._problem("%s is not a file, directory or symlink; skipped" % rel)
+        return entries
+
+    def _link_ok(self, rel: str, link: str) -> bool:
+        if self._links == "keep":
+            return True
+        inside = not os.path.isabs(link) and not os.path.normpath(os.path.join(os.path.dirname(rel), link)).startswith(
+            ".."
+        )
+        if inside:
+            return True
+        if self._links == "skip":
+            return False
+        self._problem(
+            "%s is a symlink to %s, outside the source: not sent (pass links='keep' to send it as is, "
+            "or links='skip' to skip such links silently)" % (rel, link)
+        )
+        return False
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(text)
+        if self._callback is not None:
+            self._callback("error", text, None)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, raises: bool = True) -> None:
+        """Synchronise every target; returns when all are done.
+
+        Raises :class:`RSyncError` naming the target if one fails (with
+        ``raises=False`` failures are only recorded in :attr:`problems`).
+        Problems of the source (files vanishing or changing during the walk)
+        never abort the sync: they are reported in :attr:`problems` and to the
+        callback, and the previous copy at the target is kept.
+        """
+        if not self._targets:
+            raise OSError("RSync.send(): no targets; call add_target() first")
+        self.problems = []
+        self.stats = {}
+        entries = self._walk()
+        from . import _rsync_receiver
+
+        source = Path(_rsync_receiver.__file__).read_text(encoding="utf-8")
+        channels: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
+        for gateway, destdir, finished, options in self._targets:
+            ch = gateway.remote_exec(source)
+            ch.send(("start", destdir, options))
+            channels.append((gateway, destdir, ch, finished))
+        failed: list[str] = []
+        needs: dict[str, list[tuple[Channel, str | None]]] = {}
+        live: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
+        for gateway, destdir, ch, finished in channels:
+            try:
+                ch.receive()  # ("ready", root)
+                ch.send(("list", entries))
+                _, need = ch.receive()
+            except (ExecpoolError, EOFError) as exc:
+                failed.append("%s:%s: %s" % (gateway.id, destdir, _short(exc)))
+                continue
+            live.append((gateway, destdir, ch, finished))
+            for rel, their_hash in need:
+                needs.setdefault(rel, []).append((ch, their_hash))
+        sizes = {e[0]: (e[3], e[4]) for e in entries}
+        for rel in sorted(needs):
+            self._send_file(rel, sizes[rel], needs[rel])
+        for gateway, destdir, ch, finished in live:
+            try:
+                ch.send(("finish",))
+                _, stats = ch.receive()
+                ch.waitclose()
+            except (ExecpoolError, EOFError) as exc:
+                failed.append("%s:%s: %s" % (gateway.id, destdir, _short(exc)))
+                continue
+            self.stats[gateway.id] = stats
+            if finished is not None:
+                finished()
+        if failed:
+            self.problems.extend(failed)
+            if raises:
+                raise RSyncError("RSync of %s failed on %s" % (self._sourcedir, "; ".join(failed)))
+
+    def _send_file(self, rel: str, meta: tuple[int, int], targets: list[tuple[Channel, str | None]]) -> None:
+        mtime, mode = meta
+        full = os.path.join(self._sourcedir, rel)
+        try:
+            ours = _sha256(full) if any(h is not None for _, h in targets) else None
+        except OSError as exc:
+            return self._skip(rel, targets, "%s could not be read (%s)" % (rel, exc))
+        whole = []
+        for ch, their in targets:
+            if their is not None and their == ours:
+                ch.send(("touch", rel, mtime, mode))
+            else:
+                whole.append(ch)
+        if not whole:
+            return None
+        try:
+            f = open(full, "rb")
+        except OSError as exc:
+            return self._skip(rel, [(ch, None) for ch in whole], "%s vanished before it was sent (%s)" % (rel, exc))
+        with f:
+            before = os.fstat(f.fileno())
+            for ch in whole:
+                ch.send(("file", rel))
+            try:
+                while True:
+                    block = f.read(CHUNK)
+                    if not block:
+                        break
+                    for ch in whole:
+                        ch.send(("data", block))
+                st = os.fstat(f.fileno())
+                changed = (st.st_size, st.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+            except OSError as exc:
+                changed, st = True, before
+                self._problem("%s could not be read completely (%s)" % (rel, exc))
+        if changed:
+            for ch in whole:
+                ch.send(("abort",))  # the target keeps its previous copy; the next sync brings it
+            self._problem("%s changed while it was sent; not updated this time" % rel)
+            return None
+        for ch in whole:
+            ch.send(("end", st.st_mtime_ns, st.st_mode))
+            if self._callback is not None:
+                self._callback("send", rel, ch)
+            if self._verbose:
+                print("%s:%s <= %s" % (ch.gateway.id, rel, os.path.join(self._sourcedir, rel)))
+        return None
+
+    def _skip(self, rel: str, targets: list[tuple[Channel, str | None]], text: str) -> None:
+        for ch, _ in targets:
+            ch.send(("skip", rel))
+        self._problem(text)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

@@ -1,0 +1,236 @@
+"""RSync: trees arrive equal (content, modes, mtimes, links), only changes travel, nothing escapes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import execpool
+from execpool.rsync import RSync, RSyncError
+from sshd import SshServer
+
+
+def make_tree(root: Path) -> Path:
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "a.txt").write_text("alpha\n")
+    (root / "pkg" / "__init__.py").write_text("x = 1\n")
+    (root / "pkg" / "sub" / "data.bin").write_bytes(os.urandom(300_000))
+    (root / "pkg" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "pkg" / "run.sh").chmod(0o755)
+    (root / "readonly.txt").write_text("r/o\n")
+    (root / "readonly.txt").chmod(0o444)
+    os.symlink("../a.txt", root / "pkg" / "link-to-a")
+    return root
+
+
+def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
+    """Everything RSync promises to carry: kind, content, mode, mtime (files), link targets."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(root))
+            if rel.startswith(skip):
+                continue
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("f", full.read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "src")
+
+
+def sync(src: Path, *targets: tuple[execpool.Gateway, Path], **kw: object) -> RSync:
+    delete = bool(kw.pop("delete", False))
+    r = RSync(src, verbose=False, **kw)  # type: ignore[arg-type]
+    for gw, dest in targets:
+        r.add_target(gw, dest, delete=delete)
+    r.send()
+    return r
+
+
+def test_initial_sync_to_two_targets_makes_equal_trees(src: Path, tmp_path: Path, group: execpool.Group) -> None:
+    gws = group.makegateways(["popen", "popen"])
+    r = sync(src, (gws[0], tmp_path / "d1"), (gws[1], tmp_path / "d2"))
+    assert snapshot(tmp_path / "d1") == snapshot(src)
+    assert snapshot(tmp_path / "d2") == snapshot(src)
+    assert r.stats["gw0"]["files"] == 5 and r.stats["gw0"]["links"] == 1
+
+
+def test_sync_works_with_a_worker_of_every_python(
+    src: Path, tmp_path: Path, group: execpool.Group, interpreter: execpool.Interpreter
+) -> None:
+    gw = group.makegateway(interpreter.spec)
+    sync(src, (gw, tmp_path / "dest"))
+    assert snapshot(tmp_path / "dest") == snapshot(src)
+
+
+def test_a_second_sync_without_changes_sends_nothing(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    sync(src, (gw, tmp_path / "dest"))
+    r = sync(src, (gw, tmp_path / "dest"))
+    assert r.stats[gw.id] == dict.fromkeys(r.stats[gw.id], 0)
+
+
+def test_only_changed_files_travel_and_equal_content_is_only_touched(
+    src: Path, tmp_path: Path, gw: execpool.Gateway
+) -> None:
+    sync(src, (gw, tmp_path / "dest"))
+    (src / "a.txt").write_text("ALPHA\n")  # same size, new content
+    os.utime(src / "pkg" / "__init__.py", ns=(10**18, 10**18))  # new mtime, same content
+    sent: list[object] = []
+    r = RSync(src, callback=lambda cmd, path, ch: sent.append((cmd, path)), verbose=False)
+    r.add_target(gw, tmp_path / "dest")
+    r.send()
+    assert sent == [("send", "a.txt")]
+    assert r.stats[gw.id]["touched"] == 1 and r.stats[gw.id]["files"] == 1
+    assert snapshot(tmp_path / "dest") == snapshot(src)
+
+
+def test_delete_removes_what_the_source_no_longer_has(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    dest = tmp_path / "dest"
+    sync(src, (gw, dest))
+    (dest / "stale.txt").write_text("old")
+    (dest / "stale-dir" / "inner").mkdir(parents=True)
+    (src / "pkg" / "run.sh").unlink()
+    sync(src, (gw, dest))  # without delete: extras stay
+    assert (dest / "stale.txt").exists() and (dest / "pkg" / "run.sh").exists()
+    sync(src, (gw, dest), delete=True)
+    assert snapshot(dest) == snapshot(src)
+
+
+def test_excludes_are_gitignore_like(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    (src / "pkg" / "mod.pyc").write_bytes(b"\x00")
+    (src / "pkg" / "__pycache__").mkdir()
+    (src / "pkg" / "__pycache__" / "x.pyc").write_bytes(b"\x00")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref")
+    sync(src, (gw, tmp_path / "dest"), exclude=["*.pyc", "__pycache__/", ".git/"])
+    got = snapshot(tmp_path / "dest")
+    assert not [p for p in got if p.endswith(".pyc") or "__pycache__" in p or p.startswith(".git")]
+    assert "pkg/__init__.py" in got
+
+
+def test_filter_can_be_overridden(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    class OnlyPython(RSync):
+        def filter(self, path: str) -> bool:
+            return os.path.isdir(path) or path.endswith(".py")
+
+    r = OnlyPython(src, verbose=False)
+    r.add_target(gw, tmp_path / "dest")
+    r.send()
+    files = [p for p, v in snapshot(tmp_path / "dest").items() if v[0] == "f"]
+    assert files == ["pkg/__init__.py"]
+
+
+def test_symlinks_leading_out_of_the_source_follow_the_links_option(
+    src: Path, tmp_path: Path, gw: execpool.Gateway
+) -> None:
+    os.symlink("/etc/passwd", src / "absolute")
+    os.symlink("../../outside", src / "pkg" / "escaping")
+    r = sync(src, (gw, tmp_path / "safe"))
+    assert not (tmp_path / "safe" / "absolute").is_symlink()
+    assert len([p for p in r.problems if "outside the source" in p]) == 2
+    sync(src, (gw, tmp_path / "keep"), links="keep")
+    assert os.readlink(tmp_path / "keep" / "absolute") == "/etc/passwd"
+    r = sync(src, (gw, tmp_path / "skip"), links="skip")
+    assert r.problems == [] and not (tmp_path / "skip" / "absolute").exists()
+
+
+def test_readonly_files_and_dirs_at_the_target_are_replaced(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    dest = tmp_path / "dest"
+    sync(src, (gw, dest))
+    (src / "readonly.txt").chmod(0o644)
+    (src / "readonly.txt").write_text("changed, longer\n")
+    sync(src, (gw, dest))
+    assert (dest / "readonly.txt").read_text() == "changed, longer\n"
+    assert snapshot(dest) == snapshot(src)
+
+
+def test_files_vanishing_during_the_walk_are_reported_not_fatal(
+    src: Path, tmp_path: Path, gw: execpool.Gateway
+) -> None:
+    class Vanishing(RSync):
+        def filter(self, path: str) -> bool:
+            if path.endswith("data.bin"):
+                os.unlink(path)  # gone after the walk saw it
+            return True
+
+    r = Vanishing(src, verbose=False)
+    r.add_target(gw, tmp_path / "dest")
+    r.send()
+    assert any("data.bin" in p and "vanished" in p for p in r.problems)
+    assert (tmp_path / "dest" / "a.txt").read_text() == "alpha\n"
+    assert not (tmp_path / "dest" / "pkg" / "sub" / "data.bin").exists()
+
+
+def test_bad_inputs_get_clear_errors(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    with pytest.raises(OSError, match="no targets"):
+        RSync(src).send()
+    r = RSync(tmp_path / "missing", verbose=False)
+    r.add_target(gw, tmp_path / "dest")
+    with pytest.raises(RSyncError, match="not a directory"):
+        r.send()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = RSync(src, verbose=False)
+    r.add_target(gw, afile)
+    with pytest.raises(RSyncError, match="is not a directory") as info:
+        r.send()
+    assert gw.id in str(info.value)
+    with pytest.raises(ValueError, match="links="):
+        RSync(src, links="follow")
+
+
+@pytest.mark.parametrize("evil", ["../escaped", "/tmp/abs", "a/../../escaped", "a//b", ".", "ok/./x"])
+def test_the_receiver_refuses_paths_that_leave_its_target(tmp_path: Path, gw: execpool.Gateway, evil: str) -> None:
+    from execpool import _rsync_receiver
+
+    ch = gw.remote_exec(Path(_rsync_receiver.__file__).read_text())
+    ch.send(("start", str(tmp_path / "dest"), {}))
+    assert ch.receive(10)[0] == "ready"
+    ch.send(("list", [(evil, "f", 1, 0, 0o644, None)]))
+    with pytest.raises(execpool.RemoteError, match="refused path"):
+        ch.receive(10)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_a_symlink_at_the_target_cannot_redirect_writes(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "pkg")  # someone replaced pkg/ at the target with a link out
+    r = RSync(src, verbose=False)
+    r.add_target(gw, dest)
+    with pytest.raises(RSyncError, match="symlink at the target"):
+        r.send()
+    assert list(outside.iterdir()) == []
+
+
+def test_delete_never_follows_links_out_of_the_target(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "link-out")
+    sync(src, (gw, dest), delete=True)
+    assert (outside / "precious").read_text() == "keep me"
+    assert not (dest / "link-out").exists()
+
+
+def test_sync_over_ssh(src: Path, tmp_path: Path, sshd_server: SshServer, group: execpool.Group) -> None:
+    gw = group.makegateway(sshd_server.spec("host-a"))
+    sync(src, (gw, tmp_path / "dest"))
+    assert snapshot(tmp_path / "dest") == snapshot(src)
