@@ -234,3 +234,54 @@ def test_sync_over_ssh(src: Path, tmp_path: Path, sshd_server: SshServer, group:
     gw = group.makegateway(sshd_server.spec("host-a"))
     sync(src, (gw, tmp_path / "dest"))
     assert snapshot(tmp_path / "dest") == snapshot(src)
+
+
+def _big(path: Path, size: int = 5 * 1024 * 1024) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def _edit(path: Path, data: bytes, regions: list[int], length: int = 10_000) -> None:
+    buf = bytearray(data)
+    for start in regions:
+        buf[start : start + length] = os.urandom(length)
+    path.write_bytes(bytes(buf))
+
+
+def test_large_file_changed_in_place_travels_as_a_block_delta(src: Path, tmp_path: Path, group: execpool.Group) -> None:
+    gws = group.makegateways(["popen", "popen"])
+    data = _big(src / "big.bin")
+    sync(src, (gws[0], tmp_path / "old"))  # gw0 has an old copy, gw1's target is empty
+    _edit(src / "big.bin", data, [100_000, 2_000_000, 4_500_000])
+    r = sync(src, (gws[0], tmp_path / "old"), (gws[1], tmp_path / "new"))
+    assert snapshot(tmp_path / "old") == snapshot(src) == snapshot(tmp_path / "new")
+    size = len(data)
+    assert r.stats["gw0"]["literal"] < 0.05 * size  # three 10 KB edits: a few 32 KiB blocks
+    assert r.stats["gw0"]["copied"] > 0.9 * size
+    assert r.stats["gw1"]["literal"] >= size and r.stats["gw1"]["copied"] == 0
+
+
+@pytest.mark.parametrize("change", ["append", "truncate", "insert-at-start", "same-content-new-mtime"])
+def test_block_delta_is_correct_for_every_kind_of_change(
+    src: Path, tmp_path: Path, gw: execpool.Gateway, change: str
+) -> None:
+    big = src / "big.bin"
+    data = _big(big, 1_000_000 + 123)
+    dest = tmp_path / "dest"
+    sync(src, (gw, dest))
+    if change == "append":
+        big.write_bytes(data + os.urandom(70_000))
+    elif change == "truncate":
+        big.write_bytes(data[:555_555])
+    elif change == "insert-at-start":
+        big.write_bytes(b"x" + data)
+    else:
+        os.utime(big, ns=(10**18, 10**18))
+    r = sync(src, (gw, dest))
+    assert snapshot(dest) == snapshot(src)
+    stats = r.stats[gw.id]
+    if change == "append":
+        assert stats["copied"] >= len(data) - 32 * 1024 and stats["literal"] < 150_000
+    elif change == "same-content-new-mtime":
+        assert stats["touched"] == 1 and stats["literal"] == 0

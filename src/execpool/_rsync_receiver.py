@@ -5,9 +5,12 @@ Conversation on the channel, master (M) and this receiver (R)::
     M: ("start", destdir, options)       R: ("ready", realpath of destdir) or an error
     M: ("list", entries)                 entries: (relpath, kind, size, mtime_ns, mode, link)
                                          kind "d" directory, "f" file, "l" symlink
-    R: ("need", [(relpath, sha256 of the file here or None), ...])
+    R: ("need", [(relpath, sha256 of the file here or None, block signature or None), ...])
+                                         signature: BLOCK-sized blocks' digests, concatenated,
+                                         for large files this side already has a version of
     M: ("touch", relpath, mtime_ns, mode)  same content: only the metadata changes
-    M: ("file", relpath), ("data", bytes)*, ("end", mtime_ns, mode)   one file, streamed
+    M: ("file", relpath), ("data", bytes)*, ("end", mtime_ns, mode)   one file, streamed;
+       with a signature also ("copy", first_block, nblocks): reuse blocks of the old copy
     M: ("abort",)                          instead of "end": the source changed while sent; keep
                                            what is here (the temporary file is removed)
     M: ("skip", relpath)                   the source file vanished or failed: keep what is here
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional
 
 CHUNK = 256 * 1024
+#: Files at least this large that exist at the target are updated by block delta.
+DELTA_MIN = 256 * 1024
+#: Block size of the delta; each block is identified by a 16-byte BLAKE2b digest.
+BLOCK = 32 * 1024
+DIGEST = 16
 
 
 class RSyncError(Exception):
@@ -55,7 +63,16 @@ class Receiver:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise RSyncError("target %s exists and is not a directory" % self.root)
         os.makedirs(self.root, exist_ok=True)
-        self.stats = {"files": 0, "bytes": 0, "touched": 0, "deleted": 0, "links": 0, "dirs": 0, "skipped": 0}
+        self.stats = {
+            "files": 0,
+            "literal": 0,  # bytes received as data
+            "copied": 0,  # bytes reused from the old copy (block delta)
+            "touched": 0,
+            "deleted": 0,
+            "links": 0,
+            "dirs": 0,
+            "skipped": 0,
+        }
 
     def path(self, rel: str) -> str:
         """The path of ``rel`` under the root, refusing any way out of it."""
@@ -93,20 +110,25 @@ class Receiver:
             try:
                 st = os.lstat(target)
             except FileNotFoundError:
-                need.append((rel, None))
+                need.append((rel, None, None))
                 continue
             if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 self._remove(target)
-                need.append((rel, None))
-            elif st.st_size != size:
-                need.append((rel, None))
-            elif st.st_mtime_ns != mtime:
-                need.append((rel, _sha256(target)))
+                need.append((rel, None, None))
+            elif st.st_size != size or st.st_mtime_ns != mtime:
+                same_size = st.st_size == size
+                big = max(st.st_size, size) >= DELTA_MIN
+                if same_size or big:
+                    sha, sig = _digests(target, same_size, big)
+                    need.append((rel, sha, sig))
+                else:
+                    need.append((rel, None, None))
             elif stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
                 os.chmod(target, stat.S_IMODE(mode))
         ch.send(("need", need))
         out: Any = None
         tmp: Any = None
+        old: Any = None
         current = ""
         while True:
             msg = ch.receive()
@@ -125,9 +147,20 @@ class Receiver:
                 out = open(tmp, "wb")
             elif cmd == "data":
                 out.write(msg[1])
-                self.stats["bytes"] += len(msg[1])
+                self.stats["literal"] += len(msg[1])
+            elif cmd == "copy":
+                _, first, count = msg
+                if old is None:
+                    old = open(current, "rb")
+                old.seek(first * BLOCK)
+                block = old.read(count * BLOCK)
+                out.write(block)
+                self.stats["copied"] += len(block)
             elif cmd == "end":
                 _, mtime, mode = msg
+                if old is not None:
+                    old.close()
+                    old = None
                 out.close()
                 os.chmod(tmp, stat.S_IMODE(mode))
                 os.utime(tmp, ns=(mtime, mtime))
@@ -137,6 +170,9 @@ class Receiver:
                 out = tmp = None
                 self.stats["files"] += 1
             elif cmd == "abort":
+                if old is not None:
+                    old.close()
+                    old = None
                 out.close()
                 os.unlink(tmp)
                 out = tmp = None
@@ -201,6 +237,22 @@ class Receiver:
                 if rel not in wanted and ".execpool-tmp-" not in name:
                     os.unlink(os.path.join(dirpath, name))
                     self.stats["deleted"] += 1
+
+
+def _digests(path: str, want_sha: bool, want_sig: bool) -> Any:
+    """(sha256 hex or None, block signature bytes or None) of ``path``, in one read."""
+    sha = hashlib.sha256() if want_sha else None
+    sig = []
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(BLOCK)
+            if not block:
+                break
+            if sha is not None:
+                sha.update(block)
+            if want_sig:
+                sig.append(hashlib.blake2b(block, digest_size=DIGEST).digest())
+    return (sha.hexdigest() if sha is not None else None, b"".join(sig) if want_sig else None)
 
 
 def _sha256(path: str) -> str:
