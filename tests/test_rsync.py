@@ -285,3 +285,28 @@ def test_block_delta_is_correct_for_every_kind_of_change(
         assert stats["copied"] >= len(data) - 32 * 1024 and stats["literal"] < 150_000
     elif change == "same-content-new-mtime":
         assert stats["touched"] == 1 and stats["literal"] == 0
+
+
+def test_compress_and_progress_options(
+    src: Path, tmp_path: Path, gw: execpool.Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (src / "text.txt").write_text("compressible " * 50_000)
+    r = RSync(src, verbose=False, compress=True, progress=True)
+    r.add_target(gw, tmp_path / "dest")
+    r.send()
+    assert snapshot(tmp_path / "dest") == snapshot(src)
+    assert "rsync src" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_rsync_command_line(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from execpool.cli import main
+
+    dest1, dest2 = tmp_path / "c1", tmp_path / "c2"
+    assert main(["rsync", str(src), "popen:%s" % dest1, "popen//id=second:%s" % dest2, "--exclude", "*.bin"]) == 0
+    out = capsys.readouterr().out
+    assert "popen: 4 files" in out and "popen//id=second: 4 files" in out
+    expected = {k: v for k, v in snapshot(src).items() if not k.endswith(".bin")}
+    assert snapshot(dest1) == expected == snapshot(dest2)
+    assert main(["rsync", str(src), "no-colon-here"]) == 2
+    assert main(["rsync", str(tmp_path / "missing"), "popen:%s" % dest1]) == 1
+    assert "not a directory" in capsys.readouterr().err

@@ -9,7 +9,8 @@ Conversation on the channel, master (M) and this receiver (R)::
                                          signature: BLOCK-sized blocks' digests, concatenated,
                                          for large files this side already has a version of
     M: ("touch", relpath, mtime_ns, mode)  same content: only the metadata changes
-    M: ("file", relpath), ("data", bytes)*, ("end", mtime_ns, mode)   one file, streamed;
+    M: ("file", relpath), ("data", bytes)*, ("end", mtime_ns, mode)   one file, streamed
+       (("zdata", zlib-compressed bytes) instead of "data" when the master compresses);
        with a signature also ("copy", first_block, nblocks): reuse blocks of the old copy
     M: ("abort",)                          instead of "end": the source changed while sent; keep
                                            what is here (the temporary file is removed)
@@ -148,6 +149,12 @@ class Receiver:
             elif cmd == "data":
                 out.write(msg[1])
                 self.stats["literal"] += len(msg[1])
+            elif cmd == "zdata":  # compress=True: literal data, zlib-compressed
+                import zlib
+
+                block = zlib.decompress(msg[1])
+                out.write(block)
+                self.stats["literal"] += len(block)
             elif cmd == "copy":
                 _, first, count = msg
                 if old is None:

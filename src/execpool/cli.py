@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("specs", nargs="*", metavar="SPEC", help="xspecs, e.g. popen popen//python=python3.9")
     info.add_argument("--local", action="store_true", help="add every local CPython 3.8+ found")
     info.set_defaults(func=_info)
+    rs = sub.add_parser(
+        "rsync",
+        help="copy a directory to gateways, sending only what changed",
+        description="Synchronise SOURCE to DEST on each gateway SPEC (SPEC:DEST, split at the last ':').",
+    )
+    rs.add_argument("source")
+    rs.add_argument("targets", nargs="+", metavar="SPEC:DEST")
+    rs.add_argument("--delete", action="store_true", help="remove what SOURCE does not have")
+    rs.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="gitignore-like; repeatable")
+    rs.add_argument("--compress", action="store_true", help="compress file data (slow links)")
+    rs.add_argument("--progress", action="store_true", help="show a progress bar")
+    rs.add_argument("-v", "--verbose", action="store_true", help="list every file sent")
+    rs.set_defaults(func=_rsync)
     serve = sub.add_parser(
         "serve",
         help="accept socket= gateways (token-authenticated)",
@@ -85,6 +98,49 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", help=argparse.SUPPRESS)  # tests: where to write "host port"
     serve.set_defaults(func=_serve)
     return parser
+
+
+def _rsync(args: argparse.Namespace) -> int:
+    from .rsync import RSync, RSyncError
+
+    targets = []
+    for item in args.targets:
+        spec, sep, dest = item.rpartition(":")
+        if not sep or not spec or not dest:
+            print("execpool rsync: write each target as SPEC:DEST, e.g. ssh=host:/srv/code", file=sys.stderr)
+            return 2
+        targets.append((spec, dest))
+    specs = list(dict.fromkeys(spec for spec, _ in targets))
+    try:
+        group = Group(specs)
+    except (ExecpoolError, ValueError) as exc:
+        print("execpool rsync: %s" % exc, file=sys.stderr)
+        return 1
+    try:
+        by_spec = dict(zip(specs, group, strict=True))
+        rsync = RSync(
+            args.source, verbose=args.verbose, exclude=args.exclude, compress=args.compress, progress=args.progress
+        )
+        for spec, dest in targets:
+            rsync.add_target(by_spec[spec], dest, delete=args.delete)
+        try:
+            rsync.send()
+        except (RSyncError, OSError) as exc:
+            print("execpool rsync: %s" % exc, file=sys.stderr)
+            return 1
+        finally:
+            for problem in rsync.problems:
+                print("execpool rsync: %s" % problem, file=sys.stderr)
+        for gw in group:
+            s = rsync.stats.get(gw.id, {})
+            print(
+                "%s: %d files (%d bytes sent, %d reused), %d touched, %d deleted"
+                % (gw.spec, s.get("files", 0), s.get("literal", 0), s.get("copied", 0), s.get("touched", 0),
+                   s.get("deleted", 0))
+            )  # fmt: skip
+        return 0
+    finally:
+        group.terminate()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+import zlib
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
 from pathlib import Path
@@ -50,7 +51,9 @@ class RSync:
     ``"build/"`` (a directory anywhere), ``"docs/*.tmp"`` (relative to the
     source).  Override :meth:`filter` for anything else.  Symlinks are sent as
     links; an absolute link target, or one leading out of the source, is
-    refused unless ``links="keep"`` (send as is) or ``"skip"``.
+    refused unless ``links="keep"`` (send as is) or ``"skip"``.  ``compress=True``
+    sends file data zlib-compressed (for slow links); ``progress=True`` shows a
+    tqdm progress bar of the bytes to send.
     """
 
     def __init__(
@@ -60,7 +63,12 @@ class RSync:
         verbose: bool = True,
         exclude: Sequence[str] = (),
         links: str = "safe",
+        compress: bool = False,
+        progress: bool = False,
     ) -> None:
+        self._compress = compress
+        self._progress = progress
+        self._bar: Any = None
         self._sourcedir = str(Path(sourcedir).absolute())
         self._callback = callback
         self._verbose = verbose
@@ -198,8 +206,20 @@ class RSync:
             for rel, their_hash, signature in need:
                 needs.setdefault(rel, []).append((ch, their_hash, signature))
         sizes = {e[0]: (e[3], e[4]) for e in entries}
-        for rel in sorted(needs):
-            self._send_file(rel, sizes[rel], needs[rel])
+        if self._progress:
+            from tqdm import tqdm
+
+            total = sum(e[2] for e in entries if e[0] in needs)
+            self._bar = tqdm(
+                total=total, unit="B", unit_scale=True, desc="rsync %s" % os.path.basename(self._sourcedir)
+            )
+        try:
+            for rel in sorted(needs):
+                self._send_file(rel, sizes[rel], needs[rel])
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
         for gateway, destdir, ch, finished in live:
             try:
                 ch.send(("finish",))
@@ -230,7 +250,7 @@ class RSync:
             if their is not None and their == ours:
                 ch.send(("touch", rel, mtime, mode))
             else:
-                whole.append(_Stream(ch, signature))
+                whole.append(_Stream(ch, signature, self._compress))
         if not whole:
             return None
         try:
@@ -252,6 +272,8 @@ class RSync:
                     for s in whole:
                         s.add(index, block, digest)
                     index += 1
+                    if self._bar is not None:
+                        self._bar.update(len(block))
                 for s in whole:
                     s.flush()
                 st = os.fstat(f.fileno())
@@ -283,9 +305,10 @@ class _Stream:
     """One target's copy of a file being sent: literal data in CHUNK-sized messages, or,
     where the target's old copy has the same block at the same offset, ("copy", i, n)."""
 
-    def __init__(self, ch: Channel, signature: bytes | None) -> None:
+    def __init__(self, ch: Channel, signature: bytes | None, compress: bool = False) -> None:
         self.ch = ch
         self.sig = signature
+        self.compress = compress
         self._data: list[bytes] = []
         self._size = 0
         self._copy_from = -1
@@ -313,7 +336,11 @@ class _Stream:
 
     def _send_data(self) -> None:
         if self._data:
-            self.ch.send(("data", b"".join(self._data)))
+            data = b"".join(self._data)
+            if self.compress:
+                self.ch.send(("zdata", zlib.compress(data, 1)))
+            else:
+                self.ch.send(("data", data))
             self._data, self._size = [], 0
 
     def _send_copy(self) -> None:
