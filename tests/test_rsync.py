@@ -310,3 +310,30 @@ def test_rsync_command_line(src: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["rsync", str(src), "no-colon-here"]) == 2
     assert main(["rsync", str(tmp_path / "missing"), "popen:%s" % dest1]) == 1
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_readonly_directories_arrive_readonly_and_can_be_updated(
+    src: Path, tmp_path: Path, gw: execpool.Gateway
+) -> None:
+    (src / "pkg" / "sub").chmod(0o555)
+    try:
+        dest = tmp_path / "dest"
+        sync(src, (gw, dest))
+        assert stat.S_IMODE((dest / "pkg" / "sub").stat().st_mode) == 0o555
+        (src / "pkg" / "sub").chmod(0o755)
+        (src / "pkg" / "sub" / "new.txt").write_text("new")
+        (src / "pkg" / "sub").chmod(0o555)
+        sync(src, (gw, dest))  # the target directory is read-only now, yet receives new.txt
+        assert snapshot(dest) == snapshot(src)
+    finally:
+        (src / "pkg" / "sub").chmod(0o755)
+        for d in (tmp_path / "dest" / "pkg" / "sub",):
+            if d.exists():
+                d.chmod(0o755)
+
+
+def test_a_target_that_cannot_be_created_is_a_clear_error(src: Path, gw: execpool.Gateway) -> None:
+    r = RSync(src, verbose=False)
+    r.add_target(gw, "/proc/execpool-cannot-exist/dest")
+    with pytest.raises(RSyncError, match=r"gw\d+:/proc/execpool-cannot-exist/dest"):
+        r.send()

@@ -188,10 +188,15 @@ class Receiver:
                 self.stats["skipped"] += 1
             else:
                 raise RSyncError("unknown command %r" % (cmd,))
-        for rel, (kind, _size, mtime, _mode, _link) in wanted.items():
-            if kind == "d":  # directory times last: writing inside changes them
+        # directories last, deepest first: writing inside changes their times, and a
+        # read-only directory must stay writable until everything in it is in place
+        for rel in sorted(wanted, key=lambda r: -r.count("/")):
+            kind, _size, mtime, mode, _link = wanted[rel]
+            if kind == "d":
+                target = self.path(rel)
                 try:
-                    os.utime(self.path(rel), ns=(mtime, mtime))
+                    os.utime(target, ns=(mtime, mtime))
+                    os.chmod(target, stat.S_IMODE(mode))
                 except OSError:
                     pass
         ch.send(("done", self.stats))
