@@ -337,3 +337,19 @@ def test_a_target_that_cannot_be_created_is_a_clear_error(src: Path, gw: execpoo
     r.add_target(gw, "/proc/execpool-cannot-exist/dest")
     with pytest.raises(RSyncError, match=r"gw\d+:/proc/execpool-cannot-exist/dest"):
         r.send()
+
+
+def test_delta_delete_and_links_over_ssh_to_two_hosts(
+    src: Path, tmp_path: Path, sshd_server: SshServer, group: execpool.Group
+) -> None:
+    a, b = group.makegateways([sshd_server.spec("host-a"), sshd_server.spec("host-b", "//sshbackend=paramiko")])
+    data = _big(src / "big.bin", 2 * 1024 * 1024)
+    sync(src, (a, tmp_path / "a"), (b, tmp_path / "b"))
+    _edit(src / "big.bin", data, [1_000_000])
+    (src / "a.txt").unlink()
+    os.symlink("pkg/run.sh", src / "runner")
+    r = sync(src, (a, tmp_path / "a"), (b, tmp_path / "b"), delete=True)
+    for dest, gw in ((tmp_path / "a", a), (tmp_path / "b", b)):
+        assert snapshot(dest) == snapshot(src)
+        assert r.stats[gw.id]["literal"] < 0.05 * len(data)
+        assert r.stats[gw.id]["deleted"] == 1
