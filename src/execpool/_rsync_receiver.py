@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import zlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,9 +38,11 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024
 #: Files at least this large that exist at the target are updated by block delta.
 DELTA_MIN = 256 * 1024
-#: Block size of the delta; each block is identified by a 16-byte BLAKE2b digest.
+#: Block size of the delta.  Each block is described by its zlib.adler32 (4 bytes, big
+#: endian; the sender rolls it) and a 16-byte BLAKE2b digest: SIG bytes per block.
 BLOCK = 32 * 1024
 DIGEST = 16
+SIG = 4 + DIGEST
 
 
 class RSyncError(Exception):
@@ -150,8 +153,6 @@ class Receiver:
                 out.write(msg[1])
                 self.stats["literal"] += len(msg[1])
             elif cmd == "zdata":  # compress=True: literal data, zlib-compressed
-                import zlib
-
                 block = zlib.decompress(msg[1])
                 out.write(block)
                 self.stats["literal"] += len(block)
@@ -263,7 +264,7 @@ def _digests(path: str, want_sha: bool, want_sig: bool) -> Any:
             if sha is not None:
                 sha.update(block)
             if want_sig:
-                sig.append(hashlib.blake2b(block, digest_size=DIGEST).digest())
+                sig.append(zlib.adler32(block).to_bytes(4, "big") + hashlib.blake2b(block, digest_size=DIGEST).digest())
     return (sha.hexdigest() if sha is not None else None, b"".join(sig) if want_sig else None)
 
 
