@@ -67,6 +67,7 @@ class Receiver:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise RSyncError("target %s exists and is not a directory" % self.root)
         os.makedirs(self.root, exist_ok=True)
+        self._safe_dirs = {self.root}  # directories checked to be real (not symlinks) this run
         self.stats = {
             "files": 0,
             "literal": 0,  # bytes received as data
@@ -82,10 +83,15 @@ class Receiver:
         """The path of ``rel`` under the root, refusing any way out of it."""
         parts = _check_rel(rel)
         current = self.root
+        safe = self._safe_dirs
         for part in parts[:-1]:
             current = os.path.join(current, part)
+            if current in safe:
+                continue
             if os.path.islink(current):
                 raise RSyncError("refused path %r: %s is a symlink at the target" % (rel, current))
+            if os.path.isdir(current):
+                safe.add(current)  # checked once; this receiver replaces nothing by a link
         return os.path.join(current, parts[-1])
 
     def run(self) -> None:
@@ -211,6 +217,7 @@ class Receiver:
         os.chmod(target, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
 
     def _ensure_link(self, target: str, link: str) -> None:
+        self._safe_dirs.discard(target)
         if os.path.islink(target) and os.readlink(target) == link:
             return
         if os.path.lexists(target):
@@ -219,6 +226,7 @@ class Receiver:
         self.stats["links"] += 1
 
     def _remove(self, target: str) -> None:
+        self._safe_dirs = {d for d in self._safe_dirs if d != target and not d.startswith(target + os.sep)}
         if os.path.isdir(target) and not os.path.islink(target):
             for dirpath, dirnames, filenames in os.walk(target, topdown=False):
                 for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:

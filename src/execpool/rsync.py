@@ -40,6 +40,9 @@ from ._rsync_receiver import BLOCK, DIGEST, SIG, _sha256
 from .gateway import Gateway
 
 CHUNK = 256 * 1024
+# Read once: the receiver must speak the protocol of the code this process imported,
+# even if the files on disk change (an upgrade under a long-running master).
+_RECEIVER_SOURCE = Path(__file__).with_name("_rsync_receiver.py").read_text(encoding="utf-8")
 
 
 class RSyncError(ExecpoolError):
@@ -187,9 +190,7 @@ class RSync:
         self.problems = []
         self.stats = {}
         entries = self._walk()
-        from . import _rsync_receiver
-
-        source = Path(_rsync_receiver.__file__).read_text(encoding="utf-8")
+        source = _RECEIVER_SOURCE
         channels: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
         for gateway, destdir, finished, options in self._targets:
             ch = gateway.remote_exec(source)
@@ -357,7 +358,7 @@ class _Stream:
 
 #: Bytes the rolling search may scan past the last match before it falls back to probing
 #: block-aligned positions only (a pure-Python roll costs about half a microsecond a byte).
-ROLL_LIMIT = 1024 * 1024
+ROLL_LIMIT = 256 * 1024
 _MOD = 65521
 
 
@@ -382,6 +383,7 @@ def _send_delta(stream: _Stream, f: Any, size: int) -> None:
             p = 0  # window start
             lit = 0  # start of pending literal data
             weak = -1  # Adler-32 of view[p:p+n] while rolling, -1 when not computed
+            fresh = True  # no aligned probe tried since the last match
             while p + n <= size:
                 if weak < 0:
                     weak = zlib.adler32(view[p : p + n])
@@ -392,11 +394,27 @@ def _send_delta(stream: _Stream, f: Any, size: int) -> None:
                     p += n
                     lit = p
                     weak = -1
+                    fresh = True
                     continue
+                if fresh:
+                    # a mismatch right after a match (or at the start): an in-place edit keeps
+                    # the blocks after it where they were, so try the next few aligned blocks
+                    # (cheap: C-speed checksums) before rolling byte by byte
+                    fresh = False
+                    q = _probe_aligned(table, view, p + n, size, n)
+                    if q >= 0:
+                        match = _lookup(table, zlib.adler32(view[q : q + n]), view[q : q + n])
+                        stream.literal(bytes(view[lit:q]))
+                        stream.copy(match)
+                        p = q + n
+                        lit = p
+                        weak = -1
+                        fresh = True
+                        continue
                 if p - lit >= ROLL_LIMIT:  # give up rolling: try the next aligned position
                     p += n
                     weak = -1
-                    continue
+                    continue  # (fresh stays False: one check per block until a match)
                 if p + n >= size:
                     break
                 out, new = view[p], view[p + n]  # roll one byte
@@ -414,6 +432,23 @@ def _send_delta(stream: _Stream, f: Any, size: int) -> None:
                 stream.literal(bytes(view[start : min(size, start + CHUNK)]))
         finally:
             view.release()
+
+
+#: How many aligned blocks after a mismatch are tried before the byte-by-byte roll.
+PROBE_BLOCKS = 8
+
+
+def _probe_aligned(table: dict[int, list[tuple[int, bytes]]], view: Any, start: int, size: int, n: int) -> int:
+    """The first position start, start+n, ... (at most PROBE_BLOCKS) whose block the
+    target has, or -1."""
+    q = start
+    for _ in range(PROBE_BLOCKS):
+        if q + n > size:
+            return -1
+        if _lookup(table, zlib.adler32(view[q : q + n]), view[q : q + n]) >= 0:
+            return q
+        q += n
+    return -1
 
 
 def _lookup(table: dict[int, list[tuple[int, bytes]]], weak: int, window: Any) -> int:

@@ -1,0 +1,905 @@
+#!/usr/bin/env python
+"""RSync benchmark: execpool.RSync against execnet.RSync and the rsync binary, in one run.
+
+Builds a source tree in a temporary directory (about 2,000 files and 100 MB of
+mixed sizes: many small text files, some medium ones, a few large ones, plus
+one 50 MB file), then syncs it with every variant, each to its own
+destination, in four scenarios:
+
+  initial     empty destination
+  no-change   the same tree again
+  touched     10 % of the files changed in place (sizes kept)
+  delta       the 50 MB file with 1 % of its bytes changed, in 5 contiguous
+              regions: time and bytes sent
+
+Local variants: execpool.RSync and execnet.RSync on ``popen`` gateways
+(started once, untimed), and ``rsync -a`` (each run a new process, as a user
+runs it).  Over ssh (the tests' sshd, ``tests/sshd.py``, alias host-a), if it
+can run here: execpool with the OpenSSH backend (on a gateway started once,
+and a second time with the gateway's start-up and exit inside the timing),
+execnet, and ``rsync -a -e "ssh -F CONFIG"``.  Variants are alternated per
+repetition (the order rotates) so that noise on a shared machine hits all
+alike.  After every sync the destination is compared with the source (the
+file list with every size, and the content of a sample of files plus every
+file changed for the scenario); a sync that does not verify reports no time.
+
+Run from the repository root::
+
+    python benchmarks/bench_rsync.py            # full run, about 2.5-3 minutes
+    python benchmarks/bench_rsync.py --quick    # smoke test (smaller tree, 1 rep), about 20-30 s
+    python benchmarks/bench_rsync.py --no-ssh   # local variants only
+
+Needs execnet (``pip install -e '.[bench]'``) and /usr/bin/rsync; the ssh part
+needs /usr/sbin/sshd and root (skipped with a note otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
+
+from sshd import SshServer, sshd_missing_reason  # noqa: E402
+
+try:
+    import execpool
+except ImportError:  # not installed: use the source tree next to this file
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import execpool
+
+try:
+    import execnet
+except ImportError:
+    print(
+        "bench_rsync: execnet is not installed; it is one of the references this benchmark compares against.\n"
+        "Install the benchmark extra:  pip install -e '.[bench]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+RSYNC = shutil.which("rsync", path="/usr/bin:" + os.environ.get("PATH", "")) or "/usr/bin/rsync"
+MB = 1000 * 1000
+MiB = 1024 * 1024
+EXIT_TIMEOUT = 10.0
+SCENARIOS = ("initial", "nochange", "touched", "delta")
+TITLES = {
+    "initial": "initial sync (empty destination)",
+    "nochange": "no-change re-sync",
+    "touched": "10% of files touched (sizes kept)",
+    "delta": "big file, 1% changed in 5 regions",
+}
+
+FULL = {
+    "small": 1805,  # text, 0.2-12 KB
+    "medium": 190,  # text, 50-430 KB
+    "large": 5,  # random bytes, 6-12 MB
+    "big_mb": 50,
+    "reps": {"initial": 5, "nochange": 5, "touched": 4, "delta": 4},
+    "ssh_reps": {"initial": 2, "nochange": 3, "touched": 3, "delta": 3},
+}
+QUICK = {
+    "small": 360,
+    "medium": 38,
+    "large": 2,
+    "big_mb": 10,
+    "reps": dict.fromkeys(SCENARIOS, 1),
+    "ssh_reps": dict.fromkeys(SCENARIOS, 1),
+}
+
+
+# -- the source tree ---------------------------------------------------------------------------
+
+
+def text_pool(rng: random.Random, size: int) -> bytes:
+    """Text-like bytes: lines of words, about ``size`` bytes."""
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10))) for _ in range(2000)]
+    lines = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(words, k=rng.randint(3, 14))) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()
+
+
+def build_tree(root: Path, p: dict[str, Any], seed: int = 1) -> tuple[list[str], str]:
+    """Write the source tree; return its file paths (relative, '/'-separated) and the big file's."""
+    rng = random.Random(seed)
+    pool = text_pool(rng, 2 * MiB)
+    dirs = ["d%02d/s%d" % (i, j) for i in range(20) for j in range(5)]
+    for d in dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+
+    def write(rel: str, data: bytes) -> None:
+        with open(root / rel, "wb") as f:
+            f.write(data)
+        files.append(rel)
+
+    for i in range(p["small"]):
+        size = rng.randint(200, 12000)
+        off = rng.randrange(len(pool) - size)
+        write("%s/f%04d.txt" % (dirs[i % len(dirs)], i), pool[off : off + size])
+    for i in range(p["medium"]):
+        size = rng.randint(50_000, 430_000)
+        off = rng.randrange(len(pool) - size)
+        write("%s/m%03d.dat" % (dirs[(7 * i) % len(dirs)], i), pool[off : off + size])
+    for i in range(p["large"]):
+        write("d%02d/large%d.bin" % (i, i), rng.randbytes(rng.randint(6 * MB, 12 * MB)))
+    big = "big.bin"
+    write(big, rng.randbytes(p["big_mb"] * MB))
+    return files, big
+
+
+def touch_files(root: Path, files: list[str], big: str, rng: random.Random, fraction: float = 0.1) -> list[str]:
+    """Change ``fraction`` of the files (not the big one) in place, sizes kept; return them."""
+    chosen = rng.sample([f for f in files if f != big], int(len(files) * fraction))
+    for rel in chosen:
+        path = root / rel
+        size = path.stat().st_size
+        n = min(size, 4096)
+        off = rng.randrange(size - n + 1)
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(rng.randbytes(n))
+    return chosen
+
+
+def change_big(path: Path, rng: random.Random, fraction: float = 0.01, regions: int = 5) -> int:
+    """Overwrite ``fraction`` of the file in ``regions`` evenly spread contiguous regions; return bytes changed."""
+    size = path.stat().st_size
+    region = int(size * fraction / regions)
+    with open(path, "r+b") as f:
+        for i in range(regions):
+            f.seek((2 * i + 1) * size // (2 * regions) - region // 2 + rng.randrange(-region, region))
+            f.write(rng.randbytes(region))
+    return region * regions
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+def listing(root: str) -> tuple[dict[str, int], set[str]]:
+    """Regular files (relative path -> size) and directories under ``root``."""
+    files: dict[str, int] = {}
+    dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel + "/"
+        for d in dirnames:
+            dirs.add(prefix + d)
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            files[prefix + name] = st.st_size if not os.path.islink(os.path.join(dirpath, name)) else -1
+    return files, dirs
+
+
+def same_content(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x = fa.read(MiB)
+            if x != fb.read(MiB):
+                return False
+            if not x:
+                return True
+
+
+def verify(src: str, dest: str, check: list[str]) -> tuple[str | None, int]:
+    """None if ``dest`` holds the source's files (every path and size; the content of ``check``),
+    else what differs; plus the number of files compared by content."""
+    sfiles, sdirs = listing(src)
+    dfiles, ddirs = listing(dest)
+    if sfiles.keys() != dfiles.keys():
+        missing = sorted(sfiles.keys() - dfiles.keys())
+        extra = sorted(dfiles.keys() - sfiles.keys())
+        return "file lists differ: %d missing %s, %d extra %s" % (len(missing), missing[:3], len(extra), extra[:3]), 0
+    if sdirs != ddirs:
+        return "directory lists differ: %s" % sorted(sdirs ^ ddirs)[:3], 0
+    sizes = [rel for rel in sfiles if sfiles[rel] != dfiles[rel]]
+    if sizes:
+        return "%d files of another size, e.g. %s" % (len(sizes), sizes[:3]), 0
+    for rel in check:
+        if not same_content(os.path.join(src, rel), os.path.join(dest, rel)):
+            return "content differs: %s" % rel, 0
+    return None, len(check)
+
+
+# -- the variants ------------------------------------------------------------------------------
+
+
+class SyncResult:
+    def __init__(self, seconds: float, sent: int, info: dict[str, Any] | None = None, problems: Any = None):
+        self.seconds = seconds
+        self.sent = sent
+        self.info = info or {}
+        self.problems = problems
+
+
+class Variant:
+    """One way of syncing the source to its own destination."""
+
+    kind = ""
+
+    def __init__(self, name: str, dest: str, scenarios: tuple[str, ...] = SCENARIOS) -> None:
+        self.name = name
+        self.dest = dest  # a local path: the ssh "host" is this machine too
+        self.scenarios = scenarios
+        self.startup: float | None = None  # seconds to start its gateway (untimed)
+
+    def setup(self) -> None:
+        pass
+
+    def sync(self, src: str) -> SyncResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ExecpoolVariant(Variant):
+    kind = "execpool"
+
+    def __init__(self, name: str, dest: str, spec: str, fresh: bool = False) -> None:
+        super().__init__(name, dest)
+        self.spec = spec
+        self.fresh = fresh  # True: each sync starts and exits its own gateway, inside the timing
+        self.gw: Any = None
+        self.live: list[Any] = []
+
+    def _make(self) -> Any:
+        gw = execpool.makegateway(self.spec)
+        self.live.append(gw)
+        return gw
+
+    def _exit(self, gw: Any) -> None:
+        gw.exit(EXIT_TIMEOUT)  # returns once the worker is gone
+        if gw in self.live:
+            self.live.remove(gw)
+
+    def setup(self) -> None:
+        if not self.fresh:
+            t0 = time.perf_counter()
+            self.gw = self._make()
+            self.gw.remote_exec("channel.send(1)").receive(60)
+            self.startup = time.perf_counter() - t0
+
+    def sync(self, src: str) -> SyncResult:
+        t0 = time.perf_counter()
+        gw = self._make() if self.fresh else self.gw
+        try:
+            rs = execpool.RSync(src, verbose=False)
+            rs.add_target(gw, self.dest)
+            rs.send()
+        finally:
+            if self.fresh:
+                self._exit(gw)
+        t = time.perf_counter() - t0
+        stats = dict(rs.stats.get(gw.id, {}))
+        # after the block-level delta: "literal" = bytes sent as new data, "copied" = reused at the target
+        sent = stats.get("literal", stats.get("bytes", 0))
+        return SyncResult(t, sent, stats, list(rs.problems))
+
+    def close(self) -> None:
+        for gw in list(self.live):
+            try:
+                self._exit(gw)
+            except Exception as exc:  # pragma: no cover - best effort clean-up
+                print("warning: exiting an execpool gateway failed: %r" % (exc,), file=sys.stderr)
+        self.live.clear()
+
+
+class CountingRSync(execnet.RSync):
+    """execnet.RSync that adds up the size of the files it really sends (whole files)."""
+
+    sent = 0
+    files = 0
+
+    def _report_send_file(self, gateway: Any, modified_rel_path: str) -> None:
+        self.sent += self._paths.get(modified_rel_path, 0)
+        self.files += 1
+        super()._report_send_file(gateway, modified_rel_path)
+
+
+class ExecnetVariant(Variant):
+    kind = "execnet"
+
+    def __init__(self, name: str, dest: str, spec: str) -> None:
+        super().__init__(name, dest)
+        self.spec = spec
+        self.gw: Any = None
+
+    def setup(self) -> None:
+        t0 = time.perf_counter()
+        self.gw = execnet.makegateway(self.spec)
+        self.gw.remote_exec("channel.send(1)").receive(60)
+        self.startup = time.perf_counter() - t0
+
+    def sync(self, src: str) -> SyncResult:
+        t0 = time.perf_counter()
+        rs = CountingRSync(src, verbose=False)  # one send() per instance
+        rs.add_target(self.gw, self.dest)
+        rs.send()
+        t = time.perf_counter() - t0
+        return SyncResult(t, rs.sent, {"files": rs.files})
+
+    def close(self) -> None:
+        gw, self.gw = self.gw, None
+        if gw is None:
+            return
+        # as execnet's Group.terminate(): exit, join the receiver, wait for the process (bounded)
+        gw.exit()
+        gw.join(EXIT_TIMEOUT)
+        popen = getattr(gw._io, "popen", None)
+        if popen is None:
+            gw._io.wait()
+        else:
+            try:
+                popen.wait(EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+
+RSYNC_STATS = {
+    "files": r"Number of regular files transferred: ([\d,]+)",
+    "literal": r"Literal data: ([\d,]+)",
+    "matched": r"Matched data: ([\d,]+)",
+    "total_sent": r"Total bytes sent: ([\d,]+)",
+}
+
+
+class RsyncVariant(Variant):
+    kind = "rsync"
+
+    def __init__(
+        self,
+        name: str,
+        dest: str,
+        extra: tuple[str, ...] = (),
+        host: str = "",
+        rsh: str = "",
+        scenarios: tuple[str, ...] = SCENARIOS,
+    ) -> None:
+        super().__init__(name, dest, scenarios)
+        self.extra = extra
+        self.host = host
+        self.rsh = rsh
+
+    def argv(self, src: str) -> list[str]:
+        argv = [RSYNC, "-a", "--stats", *self.extra]
+        if self.rsh:
+            argv += ["-e", self.rsh]
+        return [*argv, src.rstrip("/") + "/", (self.host + ":" if self.host else "") + self.dest + "/"]
+
+    def sync(self, src: str) -> SyncResult:
+        argv = self.argv(src)
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        t = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError("rsync exited with %d: %s" % (proc.returncode, proc.stderr.strip()[-500:]))
+        info = {}
+        for key, pattern in RSYNC_STATS.items():
+            m = re.search(pattern, proc.stdout)
+            if m:
+                info[key] = int(m.group(1).replace(",", ""))
+        return SyncResult(t, info.get("literal", 0), info)
+
+
+def rotate(items: list[Any], rep: int) -> list[Any]:
+    k = rep % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+# -- running the scenarios --------------------------------------------------------------------
+
+
+class Outcome:
+    """What one variant did in one scenario: verified runs, failed runs."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.sent: list[int] = []
+        self.failures: list[str] = []
+        self.last_info: dict[str, Any] = {}
+        self.compared = 0  # files compared by content over all runs
+
+
+def run_scenarios(
+    src: Path,
+    files: list[str],
+    big: str,
+    variants: list[Variant],
+    reps: dict[str, int],
+    seed: int,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Outcome]]:
+    rng = random.Random(seed)  # the changes
+    pick = random.Random(seed + 1)  # the verification samples
+    results: dict[str, dict[str, Outcome]] = {}
+    srcs = str(src)
+    present: set[str] = set()  # variants whose destination is in sync with the source
+    for key in SCENARIOS:
+        taking = [v for v in variants if key in v.scenarios]
+        results[key] = {v.name: Outcome() for v in taking}
+        t_scen = time.perf_counter()
+        for v in taking:  # a variant joining late starts from an up-to-date copy (untimed)
+            if key != "initial" and v.name not in present:
+                subprocess.run([RSYNC, "-a", srcs + "/", v.dest + "/"], check=True)
+                present.add(v.name)
+        for rep in range(reps[key]):
+            changed: list[str] = []
+            if key == "touched":
+                changed = touch_files(src, files, big, rng)
+            elif key == "delta":
+                change_big(src / big, rng)
+                changed = [big]
+            for v in rotate(taking, rep):
+                out = results[key][v.name]
+                if key == "initial":
+                    shutil.rmtree(v.dest, ignore_errors=True)
+                os.sync()  # the previous run's writes are not this run's cost
+                gc.collect()
+                try:
+                    res = v.sync(srcs)
+                except Exception as exc:
+                    out.failures.append("rep %d: %s: %s" % (rep, type(exc).__name__, exc))
+                    continue
+                present.add(v.name)
+                check = sorted(set(pick.sample(files, min(25, len(files))) + changed))
+                if key == "initial" and big not in check:
+                    check.append(big)
+                err, n = verify(srcs, v.dest, check)
+                if err is None and res.problems:
+                    err = "RSync reported problems: %s" % res.problems[:3]
+                if err is not None:
+                    out.failures.append("rep %d: %s" % (rep, err))
+                    continue
+                out.times.append(res.seconds)
+                out.sent.append(res.sent)
+                out.last_info = res.info
+                out.compared += n
+        parts = []
+        for v in taking:
+            out = results[key][v.name]
+            ok = len(out.times)
+            parts.append("%s %d/%d" % (v.name, ok, reps[key]))
+        bad = [v.name for v in taking if results[key][v.name].failures]
+        log(
+            "  %-36s %s (%s; every file list and size, and %s files by content)  [%.1f s]"
+            % (
+                TITLES[key],
+                "verified" if not bad else "VERIFICATION FAILED for " + ", ".join(bad),
+                ", ".join(parts),
+                "/".join(str(results[key][v.name].compared) for v in taking),
+                time.perf_counter() - t_scen,
+            )
+        )
+    return results
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def fmt(v: float) -> str:
+    if v >= 1000:
+        return "%.0f" % v
+    if v >= 100:
+        return "%.1f" % v
+    if v >= 10:
+        return "%.2f" % v
+    return "%.3f" % v
+
+
+def fmt_bytes(n: float) -> str:
+    if n >= MB:
+        return "%.1f MB" % (n / MB)
+    if n >= 1000:
+        return "%.0f kB" % (n / 1000)
+    return "%d B" % n
+
+
+def print_table(
+    results: dict[str, dict[str, Outcome]],
+    variants: list[Variant],
+    reference: str,
+    time_targets: list[str],
+    bytes_target: str,
+    big_size: int,
+    labels: dict[str, str],
+) -> list[str]:
+    """Print the table; return the verdicts ("scenario variant: yes/NO ...") for the summary."""
+    verdicts = []
+    line = "%-36s %4s | %9s %9s | %6s %6s | %-18s | %-10s %s"
+    head = line % ("scenario / variant", "reps", "best", "median", "best", "median", "sent (median)", "target", "met")
+    print("%-41s | %-19s | %-13s | %-18s |" % ("", "time, ms", "ratio vs ref", ""))
+    print(head)
+    print("-" * len(head))
+    for key in SCENARIOS:
+        res = results.get(key)
+        if not res:
+            continue
+        print("%s (ref: %s)" % (TITLES[key], labels.get(reference, reference)))
+        ref = res.get(reference)
+        ref_ok = ref is not None and ref.times and not ref.failures
+        for v in variants:
+            if v.name not in res:
+                continue
+            out = res[v.name]
+            label = "  " + labels.get(v.name, v.name)
+            reps = len(out.times) + len(out.failures)
+            if out.failures or not out.times:
+                print(
+                    "%-36s %4d | FAILED verification or sync (%d of %d runs): no time reported"
+                    % (label, reps, len(out.failures), reps)
+                )
+                verdicts.append("%s / %s: FAILED (%s)" % (TITLES[key], v.name, out.failures[0]))
+                continue
+            best, med = min(out.times) * 1000, statistics.median(out.times) * 1000
+            if not ref_ok or ref is None:
+                rb_text = rm_text = "-"
+                rb = rm = float("nan")
+            elif out is ref:
+                rb_text = rm_text = "ref"
+                rb = rm = 1.0
+            else:
+                rb = best / (min(ref.times) * 1000)
+                rm = med / (statistics.median(ref.times) * 1000)
+                rb_text, rm_text = "%.2fx" % rb, "%.2fx" % rm
+            sent = statistics.median(out.sent)
+            sent_text = fmt_bytes(sent)
+            if key == "delta":
+                sent_text += " (%.1f%%)" % (100.0 * sent / big_size)
+            target = met = ""
+            if key in ("initial", "nochange") and v.name in time_targets and out is not ref and ref_ok:
+                target = "<= 1.0x"
+                met = "yes" if rm <= 1.0 else "NO"
+                if (rm <= 1.0) != (rb <= 1.0):
+                    met += " (best: %s)" % ("yes" if rb <= 1.0 else "no")
+            elif key == "delta" and v.name == bytes_target:
+                target = "sent < 5%"
+                met = "yes" if sent < 0.05 * big_size else "NO"
+            if target:
+                verdicts.append("%s / %s: %s %s" % (TITLES[key], v.name, target, met))
+            print(line % (label, reps, fmt(best), fmt(med), rb_text, rm_text, sent_text, target, met))
+    print("-" * len(head))
+    print(
+        "ratio = time / the reference's time; best = min, median over the reps; 'met' is judged on the median\n"
+        "ratio.  sent: execpool stats 'literal' if present, else 'bytes'; rsync --stats 'Literal data';\n"
+        "execnet: the size of the files it sent (always whole files)."
+    )
+    return verdicts
+
+
+def stats_notes(results: dict[str, dict[str, Outcome]], variants: list[Variant], labels: dict[str, str]) -> list[str]:
+    notes = []
+    for v in variants:
+        if v.kind == "execnet":
+            continue
+        parts = []
+        for key in SCENARIOS:
+            out = results.get(key, {}).get(v.name)
+            if out is None or not out.last_info:
+                continue
+            parts.append("%s %s" % (key, " ".join("%s=%s" % kv for kv in sorted(out.last_info.items()))))
+        if parts:
+            notes.append("%s stats of the last run: %s" % (labels.get(v.name, v.name), "; ".join(parts)))
+    return notes
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def source_revision(path: str) -> str:
+    """git commit of the checkout holding ``path`` (+ '-dirty' if it has local changes there), or ''."""
+    try:
+        top = subprocess.run(
+            ["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if top.returncode != 0:
+            return ""
+        dirty = subprocess.run(
+            ["git", "-C", path, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+        )
+        return top.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process (Linux /proc; empty elsewhere)."""
+    out: dict[int, tuple[int, str]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                stat = f.read()
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            out[int(entry)] = (int(fields[1]), cmdline[:100])
+    return out
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes below ``pid`` (children, grandchildren, ...): pid -> command line."""
+    table = _proc_table()
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for p, (pp, cmd) in table.items():
+            if pp == parent and p not in found:
+                found[p] = cmd
+                frontier.append(p)
+    return found
+
+
+def wait_gone(pid: int, seconds: float) -> dict[int, str]:
+    """Descendants of ``pid`` still there after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    left = descendants(pid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = descendants(pid)
+    return left
+
+
+def code_fingerprint() -> str:
+    """A hash of execpool's RSync sources as they are on disk now: RSync.send() ships the receiver's
+    file text at every call, so an edit during the run would mix versions."""
+    import hashlib
+
+    h = hashlib.sha256()
+    here = Path(execpool.__file__).parent
+    for name in ("rsync.py", "_rsync_receiver.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:12]
+
+
+def default_remote_python() -> str:
+    """A real interpreter path (not pyenv's shim, which costs 0.1-0.25 s per start)."""
+    base = getattr(sys, "_base_executable", "") or sys.executable
+    return base if os.path.exists(base) else "python3"
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller tree, 1 repetition: a smoke test")
+    parser.add_argument("--no-ssh", action="store_true", help="local variants only")
+    parser.add_argument(
+        "--python",
+        default=default_remote_python(),
+        help="the remote interpreter of the ssh gateways (default: %(default)s)",
+    )
+    parser.add_argument("--tmp", default=None, help="where to make the temporary directory (default: the system's)")
+    args = parser.parse_args(argv)
+    p = QUICK if args.quick else FULL
+
+    t_start = time.perf_counter()
+    print("bench_rsync  %s" % datetime.datetime.now().isoformat(timespec="seconds"))
+    print("master : %s %s (%s)" % (platform.python_implementation(), platform.python_version(), sys.executable))
+    ep_dir = os.path.dirname(execpool.__file__)
+    rev = source_revision(ep_dir)
+    fingerprint = code_fingerprint()
+    print(
+        "execpool %s (%s%s; rsync sources %s)"
+        % (execpool.__version__, ep_dir, ", git " + rev if rev else "", fingerprint)
+    )
+    print("execnet  %s (%s)" % (execnet.__version__, os.path.dirname(execnet.__file__)))
+    rsync_version = subprocess.run([RSYNC, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    print("rsync  : %s (%s)" % (rsync_version.strip(), RSYNC))
+    if hasattr(os, "getloadavg"):
+        print("load   : %.2f %.2f %.2f (1/5/15 min) on %s CPUs" % (*os.getloadavg(), os.cpu_count()))
+    print("mode   : %s" % ("quick (smoke test; figures not meaningful)" if args.quick else "full"))
+
+    tmp = tempfile.mkdtemp(prefix="bench_rsync-", dir=args.tmp)
+    status = 0
+    verdicts: list[str] = []
+    local: list[Variant] = []
+    sshv: list[Variant] = []
+    server: SshServer | None = None
+    left_remote: dict[int, str] = {}
+    try:
+        src = Path(tmp) / "src"
+        t0 = time.perf_counter()
+        files, big = build_tree(src, p)
+        total = sum((src / f).stat().st_size for f in files)
+        big_size = (src / big).stat().st_size
+        print(
+            "tree   : %d files in %d directories, %.1f MB (%.1f MB without the big file; %d small text 0.2-12 kB, "
+            "%d medium 50-430 kB, %d large 6-12 MB random, big.bin %.0f MB random); built in %.1f s"
+            % (
+                len(files),
+                len(listing(str(src))[1]),
+                total / MB,
+                (total - big_size) / MB,
+                p["small"],
+                p["medium"],
+                p["large"],
+                big_size / MB,
+                time.perf_counter() - t0,
+            )
+        )
+        print("tmp    : %s (%s)" % (tmp, "same filesystem for source and every destination"))
+        print(flush=True)
+
+        # -- local -------------------------------------------------------------------------
+        local = [
+            ExecpoolVariant("execpool", str(Path(tmp) / "dst-execpool"), "popen"),
+            ExecnetVariant("execnet", str(Path(tmp) / "dst-execnet"), "popen"),
+            RsyncVariant("rsync", str(Path(tmp) / "dst-rsync")),
+            RsyncVariant(
+                "rsync-nowhole", str(Path(tmp) / "dst-rsync-nw"), extra=("--no-whole-file",), scenarios=("delta",)
+            ),
+        ]
+        labels = {
+            "rsync": "rsync -a",
+            "rsync-nowhole": "rsync -a --no-whole-file",
+            "execpool": "execpool.RSync (popen)",
+            "execnet": "execnet.RSync (popen)",
+        }
+        print("== local (popen gateways started once, untimed; rsync -a: a new process per sync) ==")
+        for v in local:
+            v.setup()
+        results = run_scenarios(src, files, big, local, p["reps"], 7, print)
+        print()
+        verdicts += [
+            "local: " + x for x in print_table(results, local, "rsync", ["execpool"], "execpool", big_size, labels)
+        ]
+        notes = stats_notes(results, local, labels)
+        for v in local:
+            if v.startup is not None:
+                notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
+        notes.append(
+            "rsync copies whole files between local paths by default (-W); 'rsync -a --no-whole-file' shows its "
+            "delta algorithm on the same machine (delta scenario only)"
+        )
+        for n in notes:
+            print("  " + n)
+        print(flush=True)
+        if any(out.failures for res in results.values() for out in res.values()):
+            status = 1
+        for v in local:
+            v.close()
+
+        # -- ssh ---------------------------------------------------------------------------
+        reason = "--no-ssh given" if args.no_ssh else sshd_missing_reason()
+        if reason:
+            print("== over ssh: skipped (%s) ==" % reason)
+        else:
+            server = SshServer.start(Path(tmp) / "sshd")
+            host = "host-a"
+            cfg = server.ssh_config
+            ep_spec = server.spec(host, "//python=%s//sshbackend=openssh" % args.python)
+            en_spec = "ssh=%s//ssh_config=%s//python=%s" % (host, cfg, args.python)
+            rsync_ssh = RsyncVariant("rsync/ssh", str(Path(tmp) / "ssh-rsync"), host=host, rsh="ssh -F %s" % cfg)
+            sshv = [
+                ExecpoolVariant("execpool/openssh", str(Path(tmp) / "ssh-execpool"), ep_spec),
+                ExecpoolVariant("execpool/openssh+start", str(Path(tmp) / "ssh-execpool-fresh"), ep_spec, fresh=True),
+                ExecnetVariant("execnet/ssh", str(Path(tmp) / "ssh-execnet"), en_spec),
+                rsync_ssh,
+            ]
+            labels = {
+                "execpool/openssh": "execpool/openssh (gateway up)",
+                "execpool/openssh+start": "execpool/openssh + start-up, exit",
+                "execnet/ssh": "execnet (ssh -C, gateway up)",
+                "rsync/ssh": "rsync -a -e ssh",
+            }
+            print(
+                "== over ssh: %s on %s:%d (alias %s), same machine; remote python %s =="
+                % (server.proc.args[0] if server.proc else "sshd", server.hosts[host], server.port, host, args.python)
+            )
+            print("spec   : execpool %s" % ep_spec)
+            print("spec   : execnet  %s" % en_spec)
+            print("rsync  : %s" % shlex.join(rsync_ssh.argv(str(src))))
+            for v in sshv:
+                v.setup()
+            results = run_scenarios(src, files, big, sshv, p["ssh_reps"], 11, print)
+            print()
+            verdicts += [
+                "ssh: " + x
+                for x in print_table(
+                    results,
+                    sshv,
+                    "rsync/ssh",
+                    ["execpool/openssh", "execpool/openssh+start"],
+                    "execpool/openssh",
+                    big_size,
+                    labels,
+                )
+            ]
+            notes = stats_notes(results, sshv, labels)
+            for v in sshv:
+                if v.startup is not None:
+                    notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
+            notes.append(
+                "rsync over ssh: each run is a new ssh connection (key exchange, the remote shell's ~/.bashrc) "
+                "and uses its delta algorithm; compare with 'execpool/openssh + start-up, exit'"
+            )
+            for n in notes:
+                print("  " + n)
+            if any(out.failures for res in results.values() for out in res.values()):
+                status = 1
+    finally:
+        for v in local + sshv:
+            try:
+                v.close()
+            except Exception as exc:  # pragma: no cover - best effort
+                print("warning: closing %s failed: %r" % (v.name, exc), file=sys.stderr)
+        if server is not None:
+            if server.proc is not None:
+                # sessions (sshd children, their shells, workers, remote rsyncs) outlive the listener:
+                # check that none is left and end any that is, by pid, while the listener still runs
+                left_remote = wait_gone(server.proc.pid, 5.0)
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    for pid in descendants(server.proc.pid):
+                        try:
+                            os.kill(pid, sig)
+                        except OSError:
+                            pass
+                    if not wait_gone(server.proc.pid, 5.0):
+                        break
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print("summary:")
+    if code_fingerprint() != fingerprint:
+        print(
+            "  WARNING: execpool's rsync sources changed on disk during the run (%s -> %s, git %s): the master\n"
+            "  kept the code it imported while each send() shipped the receiver's current text; the figures may\n"
+            "  mix versions.  Run again." % (fingerprint, code_fingerprint(), source_revision(ep_dir))
+        )
+        status = 1
+    for x in verdicts:
+        print("  " + x)
+    left_local = descendants(os.getpid())
+    if left_local:
+        time.sleep(0.5)  # a just-exited process may still be reaped
+        left_local = descendants(os.getpid())
+    print("  leftover local child processes: %s" % (left_local or "none"))
+    if server is not None:
+        print("  leftover sshd sessions or workers: %s" % (left_remote or "none"))
+    if hasattr(os, "getloadavg"):
+        print("  load at the end: %.2f %.2f %.2f" % os.getloadavg())
+    print("  total benchmark time: %.1f s" % (time.perf_counter() - t_start))
+    return 1 if status or left_local or left_remote else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
