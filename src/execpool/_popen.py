@@ -1,4 +1,6 @@
-"""The popen transport: a local interpreter process talking over its stdin/stdout pipes.
+"""The popen transport, and the stderr relay that every transport shares.
+
+Popen: a local interpreter process talking over its stdin/stdout pipes.
 
 The transport starts the process (``python=`` split like a shell command
 line, so ``env FOO=1 python3`` or ``nice python3.9`` are launchers too), gives

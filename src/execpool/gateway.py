@@ -2,9 +2,14 @@
 
 Threads and data of one gateway on the master::
 
-    caller thread ── remote_exec/send ──> dumps ──> [write lock] ──> stdin pipe ──> worker
-    worker ──> stdout pipe ──> reader thread ──> frames ──> channel queues / callbacks
-    worker ──> stderr pipe ──> stderr relay thread ──> sys.stderr, "[gw0] " prefixed
+    caller thread ── remote_exec/send ──> dumps ──> [write lock] ──> transport ──> worker stdin
+    worker stdout ──> transport ──> reader thread ──> frames ──> channel queues / callbacks
+    worker stderr ──> transport ──> stderr relay thread ──> sys.stderr, "[gw0] " prefixed
+
+The transport moves bytes and owns the worker's life; nothing above it knows
+which one runs: ``_popen`` (a local process; also ssh through the OpenSSH
+client, see ``_ssh``), ``_paramiko``, ``_socket`` (an ``execpool serve``
+connection) or ``_relay`` (``via=``, through another gateway).
 
 Start-up: the transport starts ``PYTHON -c BOOTSTRAP`` (see ``_bootstrap``),
 the gateway writes the payload and configuration to the worker's stdin and
