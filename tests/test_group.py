@@ -109,3 +109,14 @@ def test_default_group_and_makegateway() -> None:
 def test_group_repr_lists_ids(group: execpool.Group) -> None:
     group.makegateway("popen//id=x")
     assert repr(group) == "<Group ['x']>"
+
+
+def test_multichannel_waitclose_timeout_bounds_the_whole_wait(group: execpool.Group) -> None:
+    group.makegateways(["popen"] * 3)
+    mc = group.remote_exec("channel.receive()")
+    start = time.monotonic()
+    with pytest.raises(execpool.TimeoutError):
+        mc.waitclose(0.5)
+    assert time.monotonic() - start < 1.4  # not 3 x 0.5 s
+    mc.send_each(None)
+    mc.waitclose(10)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -200,11 +201,14 @@ class MultiChannel:
         return q
 
     def waitclose(self, timeout: float | None = None) -> None:
-        """Wait for every channel to close; raise the first RemoteError after all have closed."""
+        """Wait (at most ``timeout`` seconds in all) for every channel to close; then raise
+        the first error (a RemoteError, or TimeoutError for channels still open)."""
         first_error = None
+        deadline = None if timeout is None else time.monotonic() + timeout
         for ch in self._channels:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                ch.waitclose(timeout)
+                ch.waitclose(remaining)
             except Exception as exc:
                 if first_error is None:
                     first_error = exc
