@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,10 @@ import pytest
 
 import execpool
 from sshd import SshServer, sshd_missing_reason
+
+# Bytecode that workers of other Python versions hand back goes to a cache of this test run,
+# never into the user's ~/.cache (subprocesses started by the tests inherit it too).
+os.environ["EXECPOOL_CACHE_DIR"] = tempfile.mkdtemp(prefix="execpool-test-cache-")
 
 INTERPRETERS = execpool.find_interpreters()
 SUPPORTED = [(3, minor) for minor in range(8, 14)]

@@ -22,8 +22,11 @@ installed or written on the worker.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import marshal
+import os
+import shutil
 import zlib
 from pathlib import Path
 from typing import Any
@@ -59,12 +62,19 @@ _LOADER = """\
 import sys, marshal
 from _frozen_importlib_external import MAGIC_NUMBER
 _, SOURCES, ORDER, MAGIC, CODES = P
-CODES = marshal.loads(CODES) if MAGIC == MAGIC_NUMBER else {}
+try:
+    CODES = marshal.loads(CODES) if MAGIC == MAGIC_NUMBER else {}
+    if type(CODES) is not dict:
+        CODES = {}
+except Exception:  # a damaged cache entry: compile from source instead
+    CODES = {}
+COMPILED = {}
 M = type(sys)
 pkg = M("_execpool")
 pkg.__path__ = []
 pkg.__package__ = "_execpool"
 pkg._sources = SOURCES
+pkg._compiled = COMPILED
 sys.modules["_execpool"] = pkg
 for name in ORDER:
     m = M("_execpool." + name)
@@ -72,7 +82,9 @@ for name in ORDER:
     m.__file__ = "<execpool %s>" % name
     sys.modules[m.__name__] = m
     setattr(pkg, name, m)
-    code = CODES.get(name) or compile(SOURCES[name], m.__file__, "exec")
+    code = CODES.get(name)
+    if type(code) is not type(compile("", "", "exec")):
+        code = COMPILED[name] = compile(SOURCES[name], m.__file__, "exec")
     exec(code, m.__dict__)
 del M, m, name, code, CODES, P
 sys.modules["_execpool._worker"].main(CONFIG)
@@ -80,19 +92,117 @@ sys.modules["_execpool._worker"].main(CONFIG)
 
 
 @functools.lru_cache(maxsize=1)
-def payload() -> bytes:
-    """The compressed payload: loader, shipped sources, and their bytecode for this
-    interpreter's magic number (used by workers of the same version, compiled from
-    source by the others).  Built once per process."""
+def _sources() -> dict[str, str]:
     here = Path(__file__).parent
-    sources = {name: (here / (name + ".py")).read_text(encoding="utf-8") for name in SHIPPED}
-    codes = {name: compile(text, "<execpool %s>" % name, "exec") for name, text in sources.items()}
-    packed = (_LOADER, sources, SHIPPED, importlib.util.MAGIC_NUMBER, marshal.dumps(codes))
+    return {name: (here / (name + ".py")).read_text(encoding="utf-8") for name in SHIPPED}
+
+
+@functools.lru_cache(maxsize=1)
+def _sources_id() -> str:
+    """Identifies this version of the shipped sources (bytecode caches are kept per version)."""
+    h = hashlib.sha256()
+    for name, text in sorted(_sources().items()):
+        h.update(name.encode() + b"\0" + text.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=16)
+def payload(magic: bytes | None = None) -> bytes:
+    """The compressed payload: loader, shipped sources, and bytecode for one magic number.
+
+    The bytecode is this interpreter's own, or -- for ``magic`` of another CPython
+    version -- the one a local worker of that version compiled earlier (see
+    :func:`remember_bytecode`).  A worker whose magic number differs compiles the
+    sources instead, so a wrong guess costs time, never correctness.
+    """
+    codes_blob = _cached_bytecode(magic) if magic not in (None, importlib.util.MAGIC_NUMBER) else None
+    if codes_blob is None:
+        magic = importlib.util.MAGIC_NUMBER
+        codes = {name: compile(text, "<execpool %s>" % name, "exec") for name, text in _sources().items()}
+        codes_blob = marshal.dumps(codes)
+    packed = (_LOADER, _sources(), SHIPPED, magic, codes_blob)
     return zlib.compress(marshal.dumps(packed), 6)
 
 
-def bootstrap_input(config: dict[str, Any]) -> bytes:
+# -- bytecode of other Python versions ----------------------------------------------------
+# A local (popen) worker of another version compiles the shipped sources once and hands the
+# bytecode back in its hello; the master keeps it per magic number, in memory and in the
+# user's cache directory, and which magic number each interpreter command has.  Only local
+# workers are asked: a remote host could otherwise plant code for the next local worker.
+
+_bytecode: dict[bytes, bytes] = {}
+_magic_of: dict[str, bytes] = {}
+
+
+def cache_dir() -> Path:
+    """``$EXECPOOL_CACHE_DIR``, else ``$XDG_CACHE_HOME/execpool``, else ``~/.cache/execpool``."""
+    explicit = os.environ.get("EXECPOOL_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "execpool"
+
+
+def interpreter_key(cmd: list[str]) -> str:
+    """Names a local interpreter command, including the binary's identity when it is a file."""
+    exe = shutil.which(cmd[0]) if cmd else None
+    ident = ""
+    if exe:
+        try:
+            st = os.stat(exe)
+            ident = "%s:%d:%d" % (os.path.realpath(exe), st.st_mtime_ns, st.st_size)
+        except OSError:
+            pass
+    return hashlib.sha256(("\0".join(cmd) + "\0" + ident).encode()).hexdigest()[:24]
+
+
+def _path(kind: str, name: str) -> Path:
+    return cache_dir() / ("%s-%s-%s" % (_sources_id(), kind, name))
+
+
+def _cached_bytecode(magic: bytes | None) -> bytes | None:
+    if magic is None:
+        return None
+    blob = _bytecode.get(magic)
+    if blob is None:
+        try:
+            blob = _path("code", magic.hex()).read_bytes()
+        except OSError:
+            return None
+        _bytecode[magic] = blob
+    return blob
+
+
+def known_magic(key: str) -> bytes | None:
+    """The magic number the interpreter ``key`` reported last time, if known."""
+    magic = _magic_of.get(key)
+    if magic is None:
+        try:
+            magic = bytes.fromhex(_path("magic", key).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        _magic_of[key] = magic
+    return magic
+
+
+def remember_bytecode(key: str, magic: bytes, blob: bytes) -> None:
+    """Keep what a local worker compiled, for the next worker of that interpreter."""
+    _magic_of[key] = magic
+    _bytecode[magic] = blob
+    payload.cache_clear()
+    try:
+        directory = cache_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, data in ((_path("code", magic.hex()), blob), (_path("magic", key), magic.hex().encode())):
+            tmp = path.with_name(path.name + ".%d.tmp" % os.getpid())
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    except OSError:
+        pass  # a cache that cannot be written only costs start-up time
+
+
+def bootstrap_input(config: dict[str, Any], magic: bytes | None = None) -> bytes:
     """The bytes to write to a new worker's stdin: header, payload, configuration."""
-    blob = payload()
+    blob = payload(magic)
     conf = repr(config).encode("utf-8")
     return len(blob).to_bytes(4, "big") + len(conf).to_bytes(4, "big") + blob + conf

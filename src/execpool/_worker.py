@@ -280,6 +280,14 @@ def main(config: Dict[str, Any]) -> None:
         hello = _info(config)
     except Exception as exc:
         hello = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    compiled = getattr(sys.modules.get("_execpool"), "_compiled", None) or {}
+    if "error" not in hello:
+        hello["compiled"] = len(compiled)
+        if compiled and config.get("return_bytecode"):
+            import marshal
+            from _frozen_importlib_external import MAGIC_NUMBER
+
+            hello["bytecode"] = (MAGIC_NUMBER, marshal.dumps(compiled))
     gateway._send(HELLO, 0, dumps(hello))
     if "error" in hello:
         return

@@ -41,7 +41,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _trace
-from ._bootstrap import BOOTSTRAP, EXIT_NO_PAYLOAD, EXIT_TOO_OLD, bootstrap_input
+from ._bootstrap import (
+    BOOTSTRAP,
+    EXIT_NO_PAYLOAD,
+    EXIT_TOO_OLD,
+    bootstrap_input,
+    interpreter_key,
+    known_magic,
+    remember_bytecode,
+)
 from ._channel import Channel
 from ._conn import BaseGateway
 from ._errors import (
@@ -122,6 +130,7 @@ class Gateway(BaseGateway):
         self._exit_lock = threading.Lock()
         self._exiting = False
         self._started_at = 0.0
+        self._interpreter_key: str | None = None
         #: Seconds from starting the process to the worker's hello (None until started).
         self.startup_seconds: float | None = None
 
@@ -148,6 +157,7 @@ class Gateway(BaseGateway):
             if not cmd:
                 raise GatewayStartError("xspec %r: python= is empty" % str(spec))
             self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], where, env=spec.env or None)
+            self._interpreter_key = interpreter_key(cmd)  # a local worker: its bytecode is trusted
         elif spec.transport == "ssh":
             if choose_backend(spec) == "openssh":
                 argv, display = ssh_argv(spec, BOOTSTRAP)
@@ -177,8 +187,12 @@ class Gateway(BaseGateway):
             "dont_write_bytecode": bool(spec.dont_write_bytecode),
             "grace": WORKER_GRACE,
         }
+        magic = None
+        if self._interpreter_key is not None:
+            config["return_bytecode"] = True
+            magic = known_magic(self._interpreter_key)
         try:
-            self._io.write(bootstrap_input(config))
+            self._io.write(bootstrap_input(config, magic))
         except OSError as exc:
             _trace.trace("writing the bootstrap to", self.id, "failed:", exc)  # reported by _finish_start
 
@@ -299,6 +313,9 @@ class Gateway(BaseGateway):
             except DataFormatError as exc:
                 raise ProtocolError("the worker's hello could not be read: %s" % exc) from None
             self.startup_seconds = time.perf_counter() - self._started_at
+            bytecode = hello.pop("bytecode", None)
+            if self._interpreter_key is not None and _valid_bytecode(bytecode):
+                remember_bytecode(self._interpreter_key, bytecode[0], bytecode[1])
             self._hello = hello
             if self._transport is not None:
                 self._transport.release_stderr()
@@ -452,6 +469,16 @@ class Gateway(BaseGateway):
         if self._transport is not None:
             self._transport.wait(timeout)
             self._transport.drain_stderr()
+
+
+def _valid_bytecode(value: Any) -> bool:
+    return (
+        type(value) is tuple
+        and len(value) == 2
+        and type(value[0]) is bytes
+        and len(value[0]) == 4
+        and type(value[1]) is bytes
+    )
 
 
 def _stderr_detail(stderr: str) -> str:
