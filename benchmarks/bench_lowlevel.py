@@ -41,6 +41,19 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+from _common import (
+    ECHO,
+    RECEIVE_TIMEOUT,
+    MiB,
+    descendants,
+    finish,
+    fmt,
+    rotate,
+    run_latency,
+    run_oneway,
+    source_revision,
+)
+
 try:
     import execnet
 except ImportError:
@@ -57,19 +70,10 @@ except ImportError:  # not installed: use the source tree next to this file
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
     import execpool
 
-MiB = 1024 * 1024
-RECEIVE_TIMEOUT = 120.0
 EXIT_TIMEOUT = 10.0
 
 # -- remote code (kept Python 3.8-compatible: workers may be old interpreters) ----------
 
-ECHO = """
-while True:
-    x = channel.receive()
-    if x is None:
-        break
-    channel.send(x)
-"""
 
 COUNT = """
 n = 0
@@ -81,13 +85,6 @@ while True:
 channel.send(n)
 """
 
-ACK = """
-while True:
-    x = channel.receive()
-    if x is None:
-        break
-    channel.send(len(x))
-"""
 
 HELLO = "channel.send(1)"
 
@@ -149,11 +146,6 @@ EXECNET = Lib("execnet", execnet)
 LIBS = (EXECPOOL, EXECNET)
 
 
-def alternate(rep: int) -> tuple[Lib, Lib]:
-    """The order of the two libraries in repetition ``rep``: AB, BA, AB, ..."""
-    return LIBS if rep % 2 == 0 else LIBS[::-1]
-
-
 # -- scenarios ---------------------------------------------------------------------------
 # Each returns {lib name: [one value per repetition]} plus, where useful, details.
 
@@ -162,7 +154,7 @@ def bench_startup(spec: str, reps: int) -> tuple[dict[str, list[float]], dict[st
     times: dict[str, list[float]] = {lib.name: [] for lib in LIBS}
     phases: dict[str, dict[str, list[float]]] = {lib.name: {"make": [], "first": [], "exit": []} for lib in LIBS}
     for rep in range(reps):
-        for lib in alternate(rep):
+        for lib in rotate(list(LIBS), rep):
             gc.collect()
             t0 = time.perf_counter()
             gw = lib.makegateway(spec)
@@ -178,27 +170,6 @@ def bench_startup(spec: str, reps: int) -> tuple[dict[str, list[float]], dict[st
             ph["first"].append(t2 - t1)
             ph["exit"].append(t3 - t2)
     return times, phases
-
-
-def _finish(ch: Any) -> None:
-    ch.send(None)
-    ch.waitclose(RECEIVE_TIMEOUT)
-
-
-def run_latency(gw: Any, iterations: int) -> float:
-    """Seconds per round trip (mean over ``iterations``)."""
-    ch = gw.remote_exec(ECHO)
-    send, receive = ch.send, ch.receive
-    for i in range(min(200, iterations)):  # warm-up: channel open, code running, caches hot
-        send(i)
-        receive(RECEIVE_TIMEOUT)
-    t0 = time.perf_counter()
-    for i in range(iterations):
-        send(i)
-        receive(RECEIVE_TIMEOUT)
-    t = time.perf_counter() - t0
-    _finish(ch)
-    return t / iterations
 
 
 def run_bulk(gw: Any, total_mib: int, window: int = 4) -> float:
@@ -222,33 +193,7 @@ def run_bulk(gw: Any, total_mib: int, window: int = 4) -> float:
         outstanding -= 1
     t = time.perf_counter() - t0
     assert len(got) == MiB
-    _finish(ch)
-    return total_mib / t
-
-
-def run_oneway(gw: Any, total_mib: int, window: int = 4) -> float:
-    """MiB/s of 1 MiB messages master -> worker, each acknowledged with its length."""
-    block = b"x" * MiB
-    ch = gw.remote_exec(ACK)
-    send, receive = ch.send, ch.receive
-    for _ in range(2):  # warm-up
-        send(block)
-        receive(RECEIVE_TIMEOUT)
-    t0 = time.perf_counter()
-    outstanding = 0
-    acked = 0
-    for _ in range(total_mib):
-        send(block)
-        outstanding += 1
-        if outstanding >= window:
-            acked += receive(RECEIVE_TIMEOUT)
-            outstanding -= 1
-    while outstanding:
-        acked += receive(RECEIVE_TIMEOUT)
-        outstanding -= 1
-    t = time.perf_counter() - t0
-    assert acked == total_mib * MiB
-    _finish(ch)
+    finish(ch)
     return total_mib / t
 
 
@@ -279,7 +224,7 @@ def bench_channels(spec: str, runs: dict[str, tuple[Callable[[Any], float], int]
             gws[lib.name] = gw
         for name, (fn, reps) in runs.items():
             for rep in range(reps):
-                for lib in alternate(rep):
+                for lib in rotate(list(LIBS), rep):
                     gc.collect()
                     results[name][lib.name].append(fn(gws[lib.name]))
     finally:
@@ -304,7 +249,7 @@ def bench_serializer(reps: int) -> dict[str, list[float]]:
         n, t = timers[lib.name].autorange()
         numbers[lib.name] = max(1, int(n * 0.2 / t))
     for rep in range(reps):
-        for lib in alternate(rep):
+        for lib in rotate(list(LIBS), rep):
             n = numbers[lib.name]
             out[lib.name].append(n / timers[lib.name].timeit(n))
     return out
@@ -339,16 +284,6 @@ class Row:
         return ("<= %.1fx" if self.lower_better else ">= %gx") % self.target
 
 
-def fmt(v: float) -> str:
-    if v >= 1000:
-        return "%.0f" % v
-    if v >= 100:
-        return "%.1f" % v
-    if v >= 10:
-        return "%.2f" % v
-    return "%.3f" % v
-
-
 def print_table(rows: list[Row]) -> None:
     line = "%-22s %-6s %4s | %9s %9s | %9s %9s | %6s %6s | %-8s %s"
     head = line % ("scenario", "unit", "reps", "best", "median", "best", "median", "best", "median", "target", "met")
@@ -378,44 +313,6 @@ def print_table(rows: list[Row]) -> None:
         )
     print("-" * len(head))
     print("ratio = execpool / execnet; best = min time or max rate over the reps; 'met' is judged on the median ratio.")
-
-
-def source_revision(path: str) -> str:
-    """git commit of the checkout holding ``path`` (+ '-dirty' if src/ has changes), or ''."""
-    try:
-        top = subprocess.run(
-            ["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if top.returncode != 0:
-            return ""
-        dirty = subprocess.run(
-            ["git", "-C", path, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-        )
-        return top.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def child_pids() -> list[int]:
-    """Processes whose parent is this one (Linux /proc; empty elsewhere)."""
-    me = os.getpid()
-    out = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == me:
-            out.append(int(entry))
-    return out
 
 
 def describe_remote(spec: str) -> str:
@@ -486,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             runs["latency"] = (lambda gw: run_latency(gw, p["lat_n"]), p["lat_reps"])
         if "bulk" in only:
             runs["bulk"] = (lambda gw: run_bulk(gw, p["bulk_mib"]), p["bulk_reps"])
-            runs["oneway"] = (lambda gw: run_oneway(gw, p["bulk_mib"]), p["bulk_reps"])
+            runs["oneway"] = (lambda gw: run_oneway(gw, b"x" * MiB, p["bulk_mib"]), p["bulk_reps"])
         if "small" in only:
             runs["small"] = (lambda gw: run_small(gw, p["small_n"]), p["small_reps"])
         if runs:
@@ -518,11 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     for n in notes:
         print("  " + n)
-    left = child_pids()
+    left = list(descendants(os.getpid()))
     # Give a just-exited process a moment to be reaped before calling it left over.
     if left:
         time.sleep(0.5)
-        left = child_pids()
+        left = list(descendants(os.getpid()))
     print("  leftover child processes: %s" % (left or "none"))
     if hasattr(os, "getloadavg"):
         print("  load at the end: %.2f %.2f %.2f" % os.getloadavg())

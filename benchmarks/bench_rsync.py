@@ -54,6 +54,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import MiB, descendants, fmt, rotate, source_revision, wait_gone
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
 
@@ -77,7 +79,6 @@ except ImportError:
 
 RSYNC = shutil.which("rsync", path="/usr/bin:" + os.environ.get("PATH", "")) or "/usr/bin/rsync"
 MB = 1000 * 1000
-MiB = 1024 * 1024
 EXIT_TIMEOUT = 10.0
 SCENARIOS = ("initial", "nochange", "touched", "delta")
 TITLES = {
@@ -404,11 +405,6 @@ class RsyncVariant(Variant):
         return SyncResult(t, info.get("literal", 0), info)
 
 
-def rotate(items: list[Any], rep: int) -> list[Any]:
-    k = rep % len(items) if items else 0
-    return items[k:] + items[:k]
-
-
 # -- running the scenarios --------------------------------------------------------------------
 
 
@@ -497,16 +493,6 @@ def run_scenarios(
 
 
 # -- reporting ---------------------------------------------------------------------------------
-
-
-def fmt(v: float) -> str:
-    if v >= 1000:
-        return "%.0f" % v
-    if v >= 100:
-        return "%.1f" % v
-    if v >= 10:
-        return "%.2f" % v
-    return "%.3f" % v
 
 
 def fmt_bytes(n: float) -> str:
@@ -606,69 +592,6 @@ def stats_notes(results: dict[str, dict[str, Outcome]], variants: list[Variant],
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def source_revision(path: str) -> str:
-    """git commit of the checkout holding ``path`` (+ '-dirty' if it has local changes there), or ''."""
-    try:
-        top = subprocess.run(
-            ["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if top.returncode != 0:
-            return ""
-        dirty = subprocess.run(
-            ["git", "-C", path, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-        )
-        return top.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) for every process (Linux /proc; empty elsewhere)."""
-    out: dict[int, tuple[int, str]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as f:
-                stat = f.read()
-            with open("/proc/%s/cmdline" % entry, "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            out[int(entry)] = (int(fields[1]), cmdline[:100])
-    return out
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """The processes below ``pid`` (children, grandchildren, ...): pid -> command line."""
-    table = _proc_table()
-    found: dict[int, str] = {}
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for p, (pp, cmd) in table.items():
-            if pp == parent and p not in found:
-                found[p] = cmd
-                frontier.append(p)
-    return found
-
-
-def wait_gone(pid: int, seconds: float) -> dict[int, str]:
-    """Descendants of ``pid`` still there after up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    left = descendants(pid)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = descendants(pid)
-    return left
 
 
 def code_fingerprint() -> str:

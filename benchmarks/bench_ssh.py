@@ -42,6 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import RECEIVE_TIMEOUT, MiB, descendants, fmt, rotate, run_latency, run_oneway, source_revision, wait_gone
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
 
@@ -63,28 +65,11 @@ try:
 except ImportError:
     paramiko = None
 
-MiB = 1024 * 1024
-RECEIVE_TIMEOUT = 120.0
 EXIT_TIMEOUT = 10.0
 WINDOW = 4  # bulk messages in flight
 
 # -- remote code (kept Python 3.8-compatible) --------------------------------------------
 
-ECHO = """
-while True:
-    x = channel.receive()
-    if x is None:
-        break
-    channel.send(x)
-"""
-
-ACK = """
-while True:
-    x = channel.receive()
-    if x is None:
-        break
-    channel.send(len(x))
-"""
 
 HELLO = "channel.send(1)"
 
@@ -146,12 +131,6 @@ class Variant:
         self.live.clear()
 
 
-def rotate(items: list[Any], rep: int) -> list[Any]:
-    """The order of the variants in repetition ``rep``: each takes every position in turn."""
-    k = rep % len(items) if items else 0
-    return items[k:] + items[:k]
-
-
 # -- start-up ------------------------------------------------------------------------------
 
 
@@ -199,51 +178,6 @@ def bench_startup(
 
 
 # -- channel scenarios ---------------------------------------------------------------------
-
-
-def _finish(ch: Any) -> None:
-    ch.send(None)
-    ch.waitclose(RECEIVE_TIMEOUT)
-
-
-def run_latency(gw: Any, iterations: int) -> float:
-    """Seconds per round trip of an int (mean over ``iterations``, after a warm-up)."""
-    ch = gw.remote_exec(ECHO)
-    send, receive = ch.send, ch.receive
-    for i in range(min(200, iterations)):
-        send(i)
-        receive(RECEIVE_TIMEOUT)
-    t0 = time.perf_counter()
-    for i in range(iterations):
-        send(i)
-        receive(RECEIVE_TIMEOUT)
-    t = time.perf_counter() - t0
-    _finish(ch)
-    return t / iterations
-
-
-def run_oneway(gw: Any, block: bytes, total_mib: int) -> float:
-    """MiB/s of ``total_mib`` messages of ``block`` (1 MiB) to the worker, each acknowledged with its length."""
-    ch = gw.remote_exec(ACK)
-    send, receive = ch.send, ch.receive
-    for _ in range(2):  # warm-up
-        send(block)
-        receive(RECEIVE_TIMEOUT)
-    t0 = time.perf_counter()
-    outstanding = acked = 0
-    for _ in range(total_mib):
-        send(block)
-        outstanding += 1
-        if outstanding >= WINDOW:
-            acked += receive(RECEIVE_TIMEOUT)
-            outstanding -= 1
-    while outstanding:
-        acked += receive(RECEIVE_TIMEOUT)
-        outstanding -= 1
-    t = time.perf_counter() - t0
-    assert acked == total_mib * len(block), (acked, total_mib)
-    _finish(ch)
-    return total_mib * len(block) / MiB / t
 
 
 def run_ssh_cat(ssh_cmd: list[str], block: bytes, total_mib: int, warm_mib: int = 4) -> float:
@@ -362,16 +296,6 @@ class Scenario:
         return ("<= %gx" if self.lower_better else ">= %gx") % self.target[1]
 
 
-def fmt(v: float) -> str:
-    if v >= 1000:
-        return "%.0f" % v
-    if v >= 100:
-        return "%.1f" % v
-    if v >= 10:
-        return "%.2f" % v
-    return "%.3f" % v
-
-
 def print_table(scenarios: list[Scenario]) -> None:
     line = "%-36s %-5s %4s | %9s %9s | %6s %6s | %-8s %s"
     head = line % ("scenario / variant", "unit", "reps", "best", "median", "best", "median", "target", "met")
@@ -402,69 +326,6 @@ def print_table(scenarios: list[Scenario]) -> None:
         "ratio = variant / reference (time for start-up and latency, MiB/s for bulk); best = min time or max rate\n"
         "over the reps; 'met' is judged on the median ratio."
     )
-
-
-def source_revision(path: str) -> str:
-    """git commit of the checkout holding ``path`` (+ '-dirty' if it has local changes there), or ''."""
-    try:
-        top = subprocess.run(
-            ["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if top.returncode != 0:
-            return ""
-        dirty = subprocess.run(
-            ["git", "-C", path, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-        )
-        return top.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) for every process (Linux /proc; empty elsewhere)."""
-    out: dict[int, tuple[int, str]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as f:
-                stat = f.read()
-            with open("/proc/%s/cmdline" % entry, "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            out[int(entry)] = (int(fields[1]), cmdline[:100])
-    return out
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """The processes below ``pid`` (children, grandchildren, ...): pid -> command line."""
-    table = _proc_table()
-    found: dict[int, str] = {}
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for p, (pp, cmd) in table.items():
-            if pp == parent and p not in found:
-                found[p] = cmd
-                frontier.append(p)
-    return found
-
-
-def wait_gone(pid: int, seconds: float) -> dict[int, str]:
-    """Descendants of ``pid`` still there after up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    left = descendants(pid)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = descendants(pid)
-    return left
 
 
 def ssh_version() -> str:
