@@ -25,6 +25,7 @@ from typing import Any
 from . import _trace
 from ._errors import AuthenticationFailed, GatewayStartError, HostUnreachable
 from ._popen import StderrRelay
+from ._ssh import remote_python
 
 HOSTKEY_POLICIES = ("strict", "accept-new", "ignore")
 KEEPALIVE_SECONDS = 15
@@ -71,12 +72,7 @@ class ChannelIO:
 
     def close(self) -> None:
         self.close_write()
-        for obj in (self.chan, self.client):
-            try:
-                if obj is not None:
-                    obj.close()
-            except Exception:
-                pass
+        _close_quietly(self.chan, self.client)
 
 
 class ParamikoTransport(StderrRelay):
@@ -91,7 +87,7 @@ class ParamikoTransport(StderrRelay):
         self.client: Any = None
         self.chan: Any = None
         self._killed = False
-        self._python = spec.python if isinstance(spec.python, str) and spec.python else "python3"
+        self._python = remote_python(spec)
 
     pid = None  # no local process
 
@@ -218,12 +214,7 @@ class ParamikoTransport(StderrRelay):
     def kill(self) -> None:
         """Close the session and connection: sshd then ends the remote command."""
         self._killed = True
-        for obj in (self.chan, self.client):
-            try:
-                if obj is not None:
-                    obj.close()
-            except Exception:
-                pass
+        _close_quietly(self.chan, self.client)
         _trace.trace("closed the paramiko session of", self.gateway_id)
 
     def sever(self) -> None:
@@ -234,3 +225,13 @@ class ParamikoTransport(StderrRelay):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _close_quietly(*objs: Any) -> None:
+    """Close paramiko channels and clients, ignoring what is already closed or broken."""
+    for obj in objs:
+        try:
+            if obj is not None:
+                obj.close()
+        except Exception:
+            pass
