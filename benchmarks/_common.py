@@ -7,6 +7,7 @@ repository root, their directory is on ``sys.path``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from typing import Any
@@ -157,4 +158,37 @@ def wait_gone(pid: int, seconds: float) -> dict[int, str]:
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         left = descendants(pid)
+    return left
+
+
+def exit_execnet(gw: Any, timeout: float = 10.0) -> None:
+    """End an execnet gateway as its Group.terminate() does -- exit(), join the receiver,
+    wait for the process -- bounded, with a kill at the end, so that a stuck worker cannot
+    hang a run and both libraries are timed to the same point: the worker is gone."""
+    gw.exit()
+    gw.join(timeout)
+    popen = getattr(gw._io, "popen", None)
+    if popen is None:
+        gw._io.wait()
+    else:
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+
+def end_sessions(server_pid: int) -> dict[int, str]:
+    """Sessions left under the test sshd (its children, their shells and workers): report
+    them, then end them by pid -- while the listener still runs, so that it reaps them (the
+    init here does not reap orphans).  Returns what was left before the clean-up."""
+    left = wait_gone(server_pid, 5.0)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in descendants(server_pid):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        if not wait_gone(server_pid, 5.0):
+            break
     return left

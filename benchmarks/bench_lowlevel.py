@@ -34,7 +34,6 @@ import gc
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import timeit
@@ -46,6 +45,7 @@ from _common import (
     RECEIVE_TIMEOUT,
     MiB,
     descendants,
+    exit_execnet,
     finish,
     fmt,
     rotate,
@@ -116,17 +116,7 @@ class Lib:
             # join() (receiver thread) and _io.wait() (the process).  Do the same here so
             # that both libraries are timed to the same point: the worker is gone.
             # (Bounded, with a kill at the end, so that a stuck worker cannot hang the run.)
-            gw.exit()
-            gw.join(EXIT_TIMEOUT)
-            popen = getattr(gw._io, "popen", None)
-            if popen is None:
-                gw._io.wait()
-            else:
-                try:
-                    popen.wait(EXIT_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    popen.kill()
-                    popen.wait()
+            exit_execnet(gw, EXIT_TIMEOUT)
         else:
             gw.exit(EXIT_TIMEOUT)  # execpool: returns once the worker process is gone (killed after the timeout)
         if gw in self.live:

@@ -44,7 +44,6 @@ import random
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import MiB, descendants, fmt, rotate, source_revision, wait_gone
+from _common import MiB, descendants, end_sessions, exit_execnet, fmt, rotate, source_revision
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
@@ -346,17 +345,7 @@ class ExecnetVariant(Variant):
         if gw is None:
             return
         # as execnet's Group.terminate(): exit, join the receiver, wait for the process (bounded)
-        gw.exit()
-        gw.join(EXIT_TIMEOUT)
-        popen = getattr(gw._io, "popen", None)
-        if popen is None:
-            gw._io.wait()
-        else:
-            try:
-                popen.wait(EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+        exit_execnet(gw, EXIT_TIMEOUT)
 
 
 RSYNC_STATS = {
@@ -788,15 +777,7 @@ def main(argv: list[str] | None = None) -> int:
             if server.proc is not None:
                 # sessions (sshd children, their shells, workers, remote rsyncs) outlive the listener:
                 # check that none is left and end any that is, by pid, while the listener still runs
-                left_remote = wait_gone(server.proc.pid, 5.0)
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    for pid in descendants(server.proc.pid):
-                        try:
-                            os.kill(pid, sig)
-                        except OSError:
-                            pass
-                    if not wait_gone(server.proc.pid, 5.0):
-                        break
+                left_remote = end_sessions(server.proc.pid)
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

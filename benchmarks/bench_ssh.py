@@ -32,7 +32,6 @@ import gc
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RECEIVE_TIMEOUT, MiB, descendants, fmt, rotate, run_latency, run_oneway, source_revision, wait_gone
+from _common import (
+    RECEIVE_TIMEOUT,
+    MiB,
+    descendants,
+    end_sessions,
+    exit_execnet,
+    fmt,
+    rotate,
+    run_latency,
+    run_oneway,
+    source_revision,
+)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
@@ -98,22 +108,11 @@ class Variant:
             # execnet's exit() only starts the shutdown; Group.terminate() then does join()
             # and _io.wait().  Do the same, bounded, so both libraries stop the clock at the
             # same point: the local ssh process is gone.
-            gw.exit()
-            gw.join(EXIT_TIMEOUT)
-            popen = getattr(gw._io, "popen", None)
-            if popen is None:
-                gw._io.wait()
-            else:
-                try:
-                    popen.wait(EXIT_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    popen.kill()
-                    popen.wait()
+            exit_execnet(gw, EXIT_TIMEOUT)
         else:
             gw.exit(EXIT_TIMEOUT)  # execpool: returns once the worker is gone
-            # execpool 0.1.0 (paramiko backend): exit() closes the session channel but not the
-            # SSHClient, so the connection, paramiko's transport thread and the server's session
-            # process stay until the master exits.  Close it here (part of the timed exit).
+            # A paramiko connection still open after exit() is counted (and closed): execpool used
+            # to leak one per exit; the count must now stay 0.
             client = getattr(gw._transport, "client", None)
             transport = client.get_transport() if client is not None else None
             if transport is not None and transport.is_active():
@@ -508,15 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 # check that none is left, and end any that is, by pid
                 # (ended while the listener still runs, so that it reaps them: the init here
                 # does not reap orphans)
-                left_remote = wait_gone(server.proc.pid, 5.0)
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    for pid in descendants(server.proc.pid):
-                        try:
-                            os.kill(pid, sig)
-                        except OSError:
-                            pass
-                    if not wait_gone(server.proc.pid, 5.0):
-                        break
+                left_remote = end_sessions(server.proc.pid)
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
