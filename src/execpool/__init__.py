@@ -24,17 +24,21 @@ from ._errors import (
     ProtocolError,
     RemoteError,
     TimeoutError,
+    WorkerLost,
 )
 from ._serial import dumps, loads
 from ._xspec import XSpec
+from .executor import Executor
 from .gateway import Gateway, RemoteInfo, RemoteStatus
 from .group import Group, MultiChannel, PopenGateway, SshGateway, default_group, makegateway
+from .pool import AsyncResult, IMapIterator, Pool, PoolTerminated, WorkerStats
 from .rsync import RSync, RSyncError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NO_ENDMARKER",
+    "AsyncResult",
     "AuthenticationFailed",
     "Channel",
     "ChannelClosedError",
@@ -43,15 +47,19 @@ __all__ = [
     "DataFormatError",
     "DumpError",
     "ExecpoolError",
+    "Executor",
     "Gateway",
     "GatewayLostError",
     "GatewayStartError",
     "Group",
     "HostUnreachable",
+    "IMapIterator",
     "Interpreter",
     "InterpreterNotFound",
     "InterpreterTooOld",
     "MultiChannel",
+    "Pool",
+    "PoolTerminated",
     "PopenGateway",
     "ProtocolError",
     "RSync",
@@ -61,6 +69,8 @@ __all__ = [
     "RemoteStatus",
     "SshGateway",
     "TimeoutError",
+    "WorkerLost",
+    "WorkerStats",
     "XSpec",
     "__version__",
     "default_group",

@@ -78,3 +78,7 @@ class InterpreterNotFound(GatewayStartError):
 
 class InterpreterTooOld(GatewayStartError):
     """The remote interpreter is older than the oldest CPython execpool supports (3.8)."""
+
+
+class WorkerLost(ExecpoolError):
+    """A pool task's worker died while running it, more often than the pool's ``retries`` allow."""

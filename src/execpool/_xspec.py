@@ -26,6 +26,7 @@ KNOWN_KEYS = frozenset(
         "token_file",
         "tls",
         "tls_ca",
+        "workers",
     }
 )
 _RESERVED = frozenset({"env", "keys", "unknown_keys", "transport"})
@@ -61,6 +62,7 @@ class XSpec:
     token_file: Any = None
     tls: Any = None
     tls_ca: Any = None
+    workers: Any = None
 
     def __init__(self, string: str) -> None:
         if not isinstance(string, str):

@@ -1,0 +1,254 @@
+"""The pool's worker loop: ordinary ``remote_exec`` code, run by every pool worker.
+
+The pool (``_scheduler``) sends this module's source with
+:meth:`Gateway.remote_exec`; being the gateway's first ``remote_exec`` it runs
+in the worker's main thread.  It must stay stdlib-only and run on CPython 3.8+.
+
+Messages on the task channel (all channel data, payloads are pickle bytes)::
+
+    master -> worker                         worker -> master
+    config dict (once)                       ("ready", info) | ("initerror", pack)
+    ("f", fid, pickled function)
+    ("t", cid, fid, mode, pickled items)     ("b", cid)  before the chunk, when asked
+                                             ("r", cid, pickled results, busy, errors)
+    ("p", [directories])  -> sys.path
+    ("x",)  finish
+
+``mode`` says how an item becomes a call: ``f(item)``, ``f(*item)`` or
+``f(*args, **kwargs)``.  ``errors`` is None or a list of ``(i, pack)`` for
+the items that raised, where ``pack`` is ``(pickled exception or None,
+type name, message, traceback text)``.
+
+Module serving: when the config carries a ``modules`` channel, a finder at the
+end of ``sys.meta_path`` asks the master for modules nothing else on the
+worker can find (the user's own code, cloudpickle); the master answers with
+their source or None, and the answer is cached for the worker's lifetime.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Tuple
+
+try:  # on a worker the shipped modules are the package _execpool
+    from _execpool import _serial  # type: ignore[import-not-found]
+except ImportError:  # imported on the master (tests, docs)
+    from execpool import _serial
+
+MODE_MAP = 0
+MODE_STAR = 1
+MODE_APPLY = 2
+
+
+class _ServedLoader(importlib.abc.Loader):
+    """Runs a module whose source the master sent."""
+
+    def __init__(self, source: str, filename: str) -> None:
+        self.source = source
+        self.filename = filename
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        module.__file__ = self.filename
+        exec(compile(self.source, self.filename, "exec"), module.__dict__)
+
+    def get_source(self, fullname: str) -> str:
+        return self.source
+
+
+class MasterFinder(importlib.abc.MetaPathFinder):
+    """Finds modules by asking the master over ``channel`` (last on ``sys.meta_path``)."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.lock = threading.RLock()
+        self.answers: Dict[str, Any] = {}
+        self.broken: Optional[BaseException] = None
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        with self.lock:
+            if fullname in self.answers:
+                answer = self.answers[fullname]
+            elif self.broken is not None:
+                return None
+            else:
+                try:
+                    self.channel.send(fullname)
+                    answer = self.channel.receive()
+                except Exception as exc:  # the channel is gone: behave as if no master were there
+                    self.broken = exc
+                    return None
+                self.answers[fullname] = answer
+        if answer is None:
+            return None
+        source, filename, is_package = answer
+        return importlib.util.spec_from_loader(
+            fullname, _ServedLoader(source, filename), origin=filename, is_package=is_package
+        )
+
+
+def pack_exception(exc: BaseException, trusted: bool) -> Tuple[Optional[bytes], str, str, str]:
+    """What travels for a task's exception: see the module docstring."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    pickled = None
+    if trusted:
+        try:
+            pickled = pickle.dumps(exc, 4)
+            pickle.loads(pickled)  # many exception classes pickle but do not unpickle
+        except Exception:
+            pickled = None
+    return (pickled, name, message, tb)
+
+
+class Worker:
+    """State of one pool worker: loaded functions and the channel to the master."""
+
+    def __init__(self, channel: Any, config: Dict[str, Any]) -> None:
+        self.channel = channel
+        self.trusted = config.get("trust", True)
+        self.begin = config.get("begin", False)
+        self.protocol = min(config.get("protocol", 4), pickle.HIGHEST_PROTOCOL)
+        self.funcs: Dict[int, Any] = {}
+
+    def dump_results(self, results: Any) -> bytes:
+        if self.trusted:
+            return pickle.dumps(results, self.protocol)
+        data: bytes = _serial.dumps(results)
+        return data
+
+    def run_chunk(self, fid: int, mode: int, payload: bytes) -> Tuple[List[Any], Optional[List[Any]]]:
+        """Run one chunk; return (results, errors) with errors None or [(i, pack)]."""
+        func: Any = self.funcs.get(fid)
+        try:
+            if isinstance(func, BaseException):
+                raise func
+            items = pickle.loads(payload)
+        except Exception as exc:
+            pack = pack_exception(exc, self.trusted)
+            return [None], [(-1, pack)]
+        results: List[Any] = []
+        errors: Optional[List[Any]] = None
+        append = results.append
+        for i, item in enumerate(items):
+            try:
+                if mode == MODE_MAP:
+                    append(func(item))
+                elif mode == MODE_STAR:
+                    append(func(*item))
+                else:
+                    append(func(*item[0], **item[1]))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit in a task is that task's failure
+                append(None)
+                if errors is None:
+                    errors = []
+                errors.append((i, pack_exception(exc, self.trusted)))
+        return results, errors
+
+    def encode(self, results: List[Any], errors: Optional[List[Any]]) -> Tuple[bytes, Optional[List[Any]]]:
+        """Pickle ``results``; an item that cannot travel becomes that item's error."""
+        try:
+            return self.dump_results(results), errors
+        except Exception:
+            pass
+        errors = list(errors or ())
+        failed = {i for i, _ in errors}
+        for i, value in enumerate(results):
+            if i in failed:
+                continue
+            try:
+                self.dump_results(value)
+            except Exception as exc:
+                what = "trust_workers=False allows only builtin values" if not self.trusted else "it cannot be pickled"
+                err = TypeError(
+                    "the task's result of type %s cannot be sent to the master: %s (%s)"
+                    % (type(value).__name__, what, exc)
+                )
+                errors.append((i, pack_exception(err, self.trusted)))
+                results[i] = None
+        errors.sort()
+        return self.dump_results(results), errors
+
+    def serve(self) -> None:
+        channel = self.channel
+        receive = channel.receive
+        send = channel.send
+        while True:
+            msg = receive()
+            kind = msg[0]
+            if kind == "t":
+                _, cid, fid, mode, payload = msg
+                if self.begin:
+                    send(("b", cid))
+                t0 = time.perf_counter()
+                results, errors = self.run_chunk(fid, mode, payload)
+                data, errors = self.encode(results, errors)
+                send(("r", cid, data, time.perf_counter() - t0, errors))
+            elif kind == "f":
+                _, fid, payload = msg
+                try:
+                    self.funcs[fid] = pickle.loads(payload)
+                except Exception as exc:
+                    self.funcs[fid] = exc
+            elif kind == "p":
+                for d in reversed(msg[1]):
+                    if d not in sys.path:
+                        sys.path.insert(0, d)
+            elif kind == "x":
+                return
+            else:
+                raise ValueError("unknown pool message %r" % (kind,))
+
+
+def main(channel: Any) -> None:
+    config = channel.receive()
+    modules = config.get("modules")
+    if modules is not None:
+        sys.meta_path.append(MasterFinder(modules))
+    for d in reversed(config.get("path", ())):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+    if config.get("chdir"):
+        os.chdir(config["chdir"])
+    worker = Worker(channel, config)
+    init = config.get("init")
+    if init is not None:
+        try:
+            func, args = pickle.loads(init)
+            func(*args)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            channel.send(("initerror", pack_exception(exc, worker.trusted)))
+            return
+    channel.send(
+        (
+            "ready",
+            {
+                "python": tuple(sys.version_info[:3]),
+                "protocol": pickle.HIGHEST_PROTOCOL,
+                "pid": os.getpid(),
+                "cwd": os.getcwd(),
+            },
+        )
+    )
+    worker.serve()
+
+
+if __name__ == "__channelexec__":
+    main(channel)  # type: ignore[name-defined]  # noqa: F821 - remote_exec provides it

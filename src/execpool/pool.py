@@ -1,0 +1,467 @@
+"""``Pool``: the ``multiprocessing.Pool`` API over gateways to any interpreters.
+
+A pool is a client of the low-level API: its workers are gateways of
+``pool.group`` running the pool's worker loop (``_poolworker``, sent with
+``remote_exec``), and the engine in ``_scheduler`` hands them chunks of
+tasks.  This module holds the public surface and the result objects::
+
+    pool.map / starmap / apply ──> AsyncResult (a job: results into their slots)
+    pool.imap / imap_unordered ──> IMapIterator (a job: results into a bounded buffer)
+                                   │
+                                   └─ submitted to the scheduler thread, which cuts
+                                      the input into chunks and sends them to workers
+
+Results are set by the scheduler thread and read by the caller's thread:
+an :class:`AsyncResult` completes once (event set, then its callback or
+error_callback runs in the scheduler thread); an :class:`IMapIterator`
+wakes its consumer on each delivery.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._poolworker import MODE_APPLY, MODE_MAP, MODE_STAR
+from ._scheduler import Job, PoolTerminated, Scheduler, WorkerStats
+from .group import Group
+
+__all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats"]
+
+#: Most tasks an imap iterator lets the workers run ahead of its consumer.
+IMAP_AHEAD = 10_000
+
+
+class AsyncResult(Job):
+    """The result of :meth:`Pool.map_async`, :meth:`Pool.apply_async` and friends.
+
+    ``get(timeout)`` returns the value (a list for the map family) or raises
+    the first task exception to arrive; the rest of the job is then dropped.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        items: list[Any],
+        mode: int,
+        chunksize: int | None,
+        progress: Any,
+        callback: Callable[[Any], Any] | None,
+        error_callback: Callable[[BaseException], Any] | None,
+        single: bool,
+    ) -> None:
+        super().__init__(func, iter(items), len(items), mode, chunksize, progress)
+        self._values: list[Any] = [None] * len(items)
+        self._single = single
+        self._callback = callback
+        self._error_callback = error_callback
+        self._error: BaseException | None = None
+        self._event = threading.Event()
+        if not items:
+            self.exhausted = True
+
+    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> None:
+        if errors:
+            self.fail(errors[min(errors)])
+            return
+        if isinstance(indices, range) and indices.step == 1:
+            self._values[indices.start : indices.stop] = values
+        else:
+            for i, v in zip(indices, values, strict=True):
+                self._values[i] = v
+
+    def fail(self, exc: BaseException) -> None:
+        if self._error is None and not self._event.is_set():
+            self._error = exc
+        self.ended = True
+
+    def finish(self) -> None:
+        super().finish()
+        if self._event.is_set():
+            return
+        self.ended = True
+        self._event.set()
+        try:
+            if self._error is not None:
+                if self._error_callback is not None:
+                    self._error_callback(self._error)
+            elif self._callback is not None:
+                self._callback(self._value())
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+
+    def _value(self) -> Any:
+        return self._values[0] if self._single else self._values
+
+    def ready(self) -> bool:
+        """True once the result (or an error) has arrived."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """True if the job finished without an error; ValueError while not ready."""
+        if not self.ready():
+            raise ValueError("%r is not ready" % self)
+        return self._error is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is ready or ``timeout`` seconds passed."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result; re-raise the task's exception; ``multiprocessing.TimeoutError`` on timeout."""
+        if not self._event.wait(timeout):
+            raise multiprocessing.TimeoutError(
+                "the result of %s did not arrive within %s seconds" % (self.describe(), timeout)
+            )
+        if self._error is not None:
+            raise self._error
+        return self._value()
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready() else "pending"
+        return "<AsyncResult %s %s>" % (self.describe(), state)
+
+
+class _Failed:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class IMapIterator(Job):
+    """The iterator :meth:`Pool.imap` and :meth:`Pool.imap_unordered` return.
+
+    The input is consumed lazily, at most ``IMAP_AHEAD`` tasks ahead of the
+    consumer, so an endless generator works.  A task's exception is raised
+    at its position; iteration can go on past it.  ``next(timeout)`` raises
+    ``multiprocessing.TimeoutError`` when nothing arrives in time.
+    """
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        mode: int,
+        chunksize: int | None,
+        progress: Any,
+        ordered: bool,
+        blocking_interrupt: Callable[[], None],
+    ) -> None:
+        total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+        super().__init__(func, iter(items), total, mode, chunksize, progress)
+        self._sched = sched
+        self._ordered = ordered
+        self._cond = threading.Condition()
+        self._buffer: dict[int, Any] = {}
+        self._queue: collections.deque[Any] = collections.deque()
+        self._pos = 0
+        self.consumed = 0
+        self._error: BaseException | None = None
+        self._finished = False
+        self._interrupt = blocking_interrupt
+        self.limit = IMAP_AHEAD
+
+    def outstanding(self) -> int:
+        return self.next_index - self.consumed
+
+    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> None:
+        with self._cond:
+            for k, (i, v) in enumerate(zip(indices, values, strict=True)):
+                if k in errors:
+                    v = _Failed(errors[k])
+                if self._ordered:
+                    self._buffer[i] = v
+                else:
+                    self._queue.append(v)
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self.ended = True
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        super().finish()
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result (in input order for ``imap``, arrival order for ``imap_unordered``)."""
+        try:
+            with self._cond:
+                while True:
+                    if self._ordered and self._pos in self._buffer:
+                        value = self._buffer.pop(self._pos)
+                        self._pos += 1
+                        break
+                    if not self._ordered and self._queue:
+                        value = self._queue.popleft()
+                        self._pos += 1
+                        break
+                    if self._error is not None:
+                        raise self._error
+                    if self._finished:
+                        raise StopIteration
+                    if not self._cond.wait(timeout):
+                        raise multiprocessing.TimeoutError(
+                            "no result of %s arrived within %s seconds" % (self.describe(), timeout)
+                        )
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+        was_full = self.outstanding() >= IMAP_AHEAD
+        self.consumed += 1
+        if was_full:
+            self._sched.wake()
+        if type(value) is _Failed:
+            raise value.exc
+        return value
+
+
+class Pool:
+    """A pool of worker interpreters with the ``multiprocessing.Pool`` API.
+
+    ``specs`` says where the workers run: None (one local worker per CPU),
+    a number of local workers, a list of xspec strings or :class:`XSpec`
+    (``"ssh=node1//workers=4"``, ``"popen//python=python3.9"``; ``workers=N``
+    or ``workers=auto`` start several workers from one spec, sharing one ssh
+    login per host), or an existing :class:`Group` whose gateways become the
+    workers.  Workers start in the background; the first tasks go out as soon
+    as the first worker is up.
+
+    - ``initializer(*initargs)`` runs in each worker before its first task;
+      if it raises, that worker does not join the pool (the error is printed,
+      and raised by every call once no worker is left).
+    - ``maxtasksperchild``: a worker is replaced after that many tasks.
+    - ``retries``: how many times a task whose worker died is tried again
+      before it fails with :class:`WorkerLost`.
+    - ``timeout``: seconds a task may run; an overrunning task fails with
+      :class:`TimeoutError` and its worker is killed and replaced.  Tasks then
+      travel one at a time.
+    - ``progress``: True for a tqdm bar per call, or ``callable(done, total)``.
+    - ``rsync``: directories synced to every distinct host before its workers
+      take tasks; they land in one directory per pool and host, which is put
+      on the workers' ``sys.path`` and made their working directory.  Workers
+      that see the master's own directory just get its parent on ``sys.path``.
+    - ``chdir``: the workers' working directory.
+    - ``trust_workers=False``: load results with the restricted loader (only
+      builtin values) so that a compromised worker cannot run code on the master.
+    - ``serve_modules``: let workers import the master's pure-Python modules.
+
+    Leaving a ``with`` block waits for submitted work and ends the workers;
+    an exception inside the block terminates the pool instead.
+    """
+
+    def __init__(
+        self,
+        specs: int | str | Iterable[Any] | Group | None = None,
+        *,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        retries: int = 1,
+        timeout: float | None = None,
+        progress: bool | Callable[[int, int | None], Any] = False,
+        rsync: Iterable[str] | None = None,
+        chdir: str | None = None,
+        trust_workers: bool = True,
+        serve_modules: bool = True,
+    ) -> None:
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild < 1):
+            raise ValueError("maxtasksperchild must be a positive int or None, not %r" % (maxtasksperchild,))
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be an int >= 0, not %r" % (retries,))
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds or None, not %r" % (timeout,))
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable")
+        if isinstance(rsync, str):
+            rsync = [rsync]
+        paths = list(rsync or ())
+        import os
+
+        for p in paths:
+            if not os.path.isdir(p):
+                raise ValueError("rsync=: %r is not a directory on the master" % p)
+        self._progress = progress
+        self._sched = Scheduler(
+            specs,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            maxtasksperchild=maxtasksperchild,
+            retries=retries,
+            timeout=timeout,
+            rsync=paths,
+            chdir=chdir,
+            trust_workers=trust_workers,
+            serve_modules=serve_modules,
+        )
+
+    @property
+    def group(self) -> Group:
+        """The :class:`Group` of the pool's gateways (its relays included)."""
+        return self._sched.group
+
+    def __repr__(self) -> str:
+        s = self._sched
+        return "<execpool.Pool %s workers=%d>" % (s.state, sum(w.state == "ready" for w in s.workers))
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def _async(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        mode: int,
+        chunksize: int | None,
+        callback: Any,
+        error_callback: Any,
+        single: bool = False,
+    ) -> AsyncResult:
+        _check_chunksize(chunksize)
+        if not callable(func):
+            raise TypeError("%r is not callable" % (func,))
+        job = AsyncResult(func, list(items), mode, chunksize, self._progress, callback, error_callback, single)
+        self._sched.submit(job)
+        return job
+
+    def _wait(self, result: AsyncResult) -> Any:
+        try:
+            return result.get()
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> AsyncResult:
+        """Run ``func(*args, **kwds)`` on a worker; return an :class:`AsyncResult`."""
+        return self._async(func, [(tuple(args), dict(kwds or {}))], MODE_APPLY, 1, callback, error_callback, True)
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
+        """``func(*args, **kwds)`` on a worker; wait for and return its result."""
+        return self._wait(self.apply_async(func, args, kwds))
+
+    def map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> AsyncResult:
+        """``[func(x) for x in iterable]`` on the workers; return an :class:`AsyncResult`."""
+        return self._async(func, iterable, MODE_MAP, chunksize, callback, error_callback)
+
+    def map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
+        """``[func(x) for x in iterable]``, computed by the workers, in input order."""
+        values: list[Any] = self._wait(self.map_async(func, iterable, chunksize))
+        return values
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> AsyncResult:
+        """``[func(*args) for args in iterable]`` on the workers; return an :class:`AsyncResult`."""
+        return self._async(func, [tuple(a) for a in iterable], MODE_STAR, chunksize, callback, error_callback)
+
+    def starmap(
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+    ) -> list[Any]:
+        """``[func(*args) for args in iterable]``, computed by the workers, in input order."""
+        values: list[Any] = self._wait(self.starmap_async(func, iterable, chunksize))
+        return values
+
+    def _imap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        ordered: bool,
+        mode: int = MODE_MAP,
+    ) -> IMapIterator:
+        _check_chunksize(chunksize)
+        if not callable(func):
+            raise TypeError("%r is not callable" % (func,))
+        it = IMapIterator(self._sched, func, iterable, mode, chunksize, self._progress, ordered, self.terminate)
+        self._sched.submit(it)
+        return it
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None) -> IMapIterator:
+        """Like :meth:`map`, but lazy: an iterator over the results, in input order."""
+        return self._imap(func, iterable, chunksize, True)
+
+    def imap_unordered(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
+    ) -> IMapIterator:
+        """Like :meth:`imap`, but results come in the order they finish."""
+        return self._imap(func, iterable, chunksize, False)
+
+    # -- the pool's life -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no more work; the workers exit once the submitted work is done."""
+        self._sched.close()
+
+    def terminate(self) -> None:
+        """End the workers now; unfinished results fail with :class:`PoolTerminated`."""
+        self._sched.terminate()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the workers to exit; call :meth:`close` or :meth:`terminate` first."""
+        if self._sched.state == "running":
+            raise ValueError("Pool.join() needs close() or terminate() first")
+        if not self._sched.join(timeout):
+            from ._errors import TimeoutError
+
+            raise TimeoutError("the pool's work did not finish within %s seconds" % timeout)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, etype: Any, value: Any, tb: Any) -> None:
+        if etype is None:
+            self.close()
+            self.join()
+        else:
+            self.terminate()
+
+    # -- around the work -------------------------------------------------------------------------
+
+    def rsync(self, path: str) -> None:
+        """Sync directory ``path`` to every host of the pool now (and to workers started later)."""
+        self._sched.add_rsync(path)
+
+    def stats(self) -> list[WorkerStats]:
+        """Per worker slot: spec, host, Python, tasks, failures, busy/idle seconds, bytes, restarts."""
+        return self._sched.stats()
+
+
+def _check_chunksize(chunksize: int | None) -> None:
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ValueError("chunksize must be a positive int or None (automatic), not %r" % (chunksize,))
