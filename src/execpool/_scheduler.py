@@ -1074,6 +1074,10 @@ def _lost_reason(w: _Worker) -> str:
 
 
 def _local_hostkey() -> str:
+    """What names this machine's filesystem (``EXECPOOL_HOSTKEY`` overrides it, for containers)."""
+    override = os.environ.get("EXECPOOL_HOSTKEY")
+    if override:
+        return override
     key = socket.gethostname()
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -1086,12 +1090,14 @@ def _local_hostkey() -> str:
 _PROBE = """
 import os, socket
 items, base, master = channel.receive()
-key = socket.gethostname()
-try:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        key += ":" + f.read().strip()
-except OSError:
-    pass
+key = os.environ.get("EXECPOOL_HOSTKEY")
+if not key:
+    key = socket.gethostname()
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            key += ":" + f.read().strip()
+    except OSError:
+        pass
 shared = []
 for path, dev, ino in items:
     try:
