@@ -1,5 +1,9 @@
 """The ``execpool`` command line.
 
+``execpool demo [SPEC ...]`` runs a parallel map over a pool of those specs
+(default: one worker per local CPython found) with a progress bar and prints
+the per-worker statistics (see ``_demo``).
+
 ``execpool info [SPEC ...]`` starts a gateway per spec (all at once), prints a
 row per gateway -- spec, Python version, platform, CPUs, pid, start-up time --
 and exits them.  Without specs it uses every local CPython 3.8+ it finds
@@ -54,6 +58,15 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from . import _demo
+
+    if args.tasks < 1:
+        print("execpool demo: --tasks must be at least 1", file=sys.stderr)
+        return 2
+    return _demo.run(args.specs, args.local, args.tasks, progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="execpool", description="Run Python code on many interpreters at once.")
     parser.add_argument("--version", action="version", version="execpool %s" % __version__)
@@ -62,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("specs", nargs="*", metavar="SPEC", help="xspecs, e.g. popen popen//python=python3.9")
     info.add_argument("--local", action="store_true", help="add every local CPython 3.8+ found")
     info.set_defaults(func=_info)
+    demo = sub.add_parser(
+        "demo",
+        help="run a parallel map on every local Python (and given specs) and print per-worker stats",
+        description="Map CPU-bound tasks over a pool: one worker per local CPython 3.8+ found, or SPECs.",
+    )
+    demo.add_argument("specs", nargs="*", metavar="SPEC", help="xspecs, e.g. ssh=node1//workers=auto")
+    demo.add_argument("--local", action="store_true", help="add every local CPython 3.8+ found to SPECs")
+    demo.add_argument("--tasks", type=int, default=240, help="number of tasks (default 240)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_demo)
     rs = sub.add_parser(
         "rsync",
         help="copy a directory to gateways, sending only what changed",
