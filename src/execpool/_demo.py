@@ -64,7 +64,9 @@ def run(specs: Sequence[str], local: bool, tasks: int, progress: bool = True) ->
     t1 = time.perf_counter()
     bad = [i for i in sample if hashlib.pbkdf2_hmac(*args[i]) != results[i]]
     serial_each = (time.perf_counter() - t1) / max(1, len(sample))
-    rows = [("worker", "python", "host", "tasks", "busy", "idle", "sent", "received", "restarts", "spec")]
+    rows: list[tuple[str, ...]] = [
+        ("worker", "python", "host", "tasks", "busy", "idle", "sent", "received", "restarts", "spec")
+    ]
     for s in stats:
         rows.append(
             (
