@@ -133,6 +133,7 @@ class Job:
         self.next_index = 0
         self.exhausted = False
         self.pending = 0  # pulled, not yet delivered
+        self.pulled = 0
         self.delivered = 0
         self.busy = 0.0
         self.measured = 0
@@ -152,7 +153,8 @@ class Job:
             self.exhausted = True
             self.fail(exc)
             return []
-        if len(got) < n:
+        self.pulled += len(got)
+        if len(got) < n or (self.total is not None and self.pulled >= self.total):
             self.exhausted = True
         self.pending += len(got)
         return got
@@ -852,6 +854,8 @@ class Scheduler:
             if job.limit is not None and job.outstanding() >= job.limit:  # an imap ahead of its consumer
                 continue
             n = self._chunk_size(job, w, nworkers)
+            if job.limit is not None:
+                n = min(n, job.limit - job.outstanding())
             start = job.next_index
             items = job.pull(n)
             if not items:
@@ -886,6 +890,8 @@ class Scheduler:
                 n = min(n, max(1, math.ceil(remaining / (2 * nworkers))))
             if job.bytes_per_item > 0:
                 n = min(n, max(1, int(CHUNK_BYTES / job.bytes_per_item)))
+            if job.limit is not None:  # an imap: stay well inside its read-ahead bound
+                n = min(n, max(1, job.limit // (2 * WINDOW * nworkers)))
         if self.maxtasks is not None:
             n = min(n, self.maxtasks - w.dispatched)
         return max(1, n)
