@@ -488,3 +488,29 @@ def test_pool_in_a_script_with_a_main_function(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[0, 3, 6, 9, 12]"
+
+
+def test_a_pool_over_an_existing_group_uses_its_gateways() -> None:
+    group = execpool.Group(["popen", "popen"])
+    try:
+        pids = sorted(gw.remote_info().pid for gw in group)
+        with execpool.Pool(group) as p:
+            assert p.group is group
+            got = set(p.map(tasks.version_after, range(8), chunksize=1))
+            assert {x for x, _ in got} == set(range(8))
+            assert {pid for pid, _, _ in p.map(tasks.whoami, range(40), chunksize=1)} <= set(pids)
+    finally:
+        group.terminate(5)
+
+
+def test_an_unclosed_pool_warns_and_ends_its_workers_when_collected() -> None:
+    import gc
+
+    from conftest import process_gone
+
+    p = execpool.Pool(1)
+    pid = p.apply(tasks.whoami)[0]
+    with pytest.warns(ResourceWarning, match="unclosed running execpool.Pool"):
+        del p
+        gc.collect()
+    assert wait_until(lambda: process_gone(pid), timeout=30)

@@ -236,8 +236,8 @@ class Scheduler:
         self.errors: list[str] = []
         self.broken: BaseException | None = None  # set when no worker is left: every job fails with it
         self.starting = 0  # start-ups in progress (hosts being expanded, workers starting)
-        self.started_once = threading.Event()
         self.finished = threading.Event()
+        self.stopped = False  # set under ``lock`` when the scheduler thread ends
         self.lock = threading.Lock()  # guards stats snapshots and the host tables
         self.master_python = tuple(sys.version_info[:2])
         self.init_payload: bytes | None = None
@@ -371,7 +371,10 @@ class Scheduler:
             w.ch = ch
             w.python = tuple(first[1]["python"])
             ch.setcallback(functools.partial(self._post_message, w, gen), endmarker=_END)
-            self.events.put(("ready", w, info))
+            with self.lock:
+                if self.stopped:  # the scheduler is gone: nobody would ever end this gateway
+                    raise PoolTerminated("the pool ended while this worker started")
+                self.events.put(("ready", w, info))
         except BaseException as exc:
             if gw is not None:
                 threading.Thread(target=gw.exit, args=(2.0,), daemon=True).start()
@@ -470,7 +473,7 @@ class Scheduler:
                 busy = self.starting
             if busy == 0 or time.monotonic() > deadline:
                 break
-            self.started_once.wait(0.05)
+            time.sleep(0.01)
         mine = "%d.%d" % self.master_python
         for w in list(self.workers):
             if w.python is not None and w.python[:2] != self.master_python and w.state in ("ready", "starting"):
@@ -544,7 +547,20 @@ class Scheduler:
             self._fail_all(PoolTerminated("the pool's scheduler failed: %s: %s" % (type(exc).__name__, exc)))
             self._terminate_group()
         finally:
+            with self.lock:
+                self.stopped = True
+            self._end_late_starters()
             self.finished.set()
+
+    def _end_late_starters(self) -> None:
+        """End the gateways of workers that became ready after the scheduler's last look."""
+        while True:
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if ev[0] == "ready" and ev[1].gw is not None:
+                threading.Thread(target=ev[1].gw.exit, args=(2.0,), daemon=True).start()
 
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[0]
@@ -579,7 +595,6 @@ class Scheduler:
             w.stats.host = info.hostname
             w.stats.python = info.version
             w.stats.error = None
-        self.started_once.set()
         if self.state == "terminated":
             self._retire(w, kill=True)
 
@@ -589,7 +604,6 @@ class Scheduler:
             w.state = "failed"
             w.stats.state = "failed"
             w.stats.error = "%s: %s" % (type(exc).__name__, exc)
-        self.started_once.set()
         if self.state in ("running", "closing"):
             self.errors.append("%s (%s): %s" % (w.stats.id, w.stats.spec, w.stats.error))
             sys.stderr.write(

@@ -441,6 +441,14 @@ class Pool:
 
             raise TimeoutError("the pool's work did not finish within %s seconds" % timeout)
 
+    def __del__(self) -> None:
+        sched = getattr(self, "_sched", None)
+        if sched is not None and sched.state == "running":
+            import warnings
+
+            warnings.warn("unclosed running execpool.Pool %r: closing it" % self, ResourceWarning, stacklevel=2)
+            sched.close()
+
     def __enter__(self) -> Pool:
         return self
 
