@@ -242,6 +242,14 @@ def test_by_value_function_fails_before_dispatch_on_another_python() -> None:
         assert all(s.tasks == 0 or s.python for s in p.stats())
 
 
+@pytest.mark.skipif(not OTHER, reason="needs a CPython of another minor version than the master's")
+def test_arguments_that_need_cloudpickle_fail_without_a_worker_of_the_masters_python() -> None:
+    with execpool.Pool([OTHER[0].spec]) as p:
+        with pytest.raises(ValueError, match=r"the arguments of count travel by value .* no such worker"):
+            p.map(tasks.count, [lambda: 1])
+        assert p.map(tasks.count, [1]) == [1]
+
+
 def test_mixed_python_versions_map_equals_serial_map() -> None:
     """One pool over every CPython found (3.8-3.13 in CI): the map's results equal the serial
     map's, and every version took part."""

@@ -830,6 +830,7 @@ class Scheduler:
     def _dispatch(self) -> None:
         if self.state not in ("running", "closing"):
             return
+        self._fail_starving()
         ready = [w for w in self.workers if w.state == "ready"]
         if not ready:
             return
@@ -846,6 +847,30 @@ class Scheduler:
                     continue
                 self._send_chunk(w, chunk)
                 progress = True
+        self._fail_starving()  # a chunk found to need the master's Python may have been put back
+
+    def _fail_starving(self) -> None:
+        """Fail jobs that only a worker of the master's Python can run when no such worker is left."""
+        if not any(j.by_value or j.by_value_items for j in self.jobs):
+            return
+        if any(
+            w.state == "starting"
+            or (w.state == "ready" and w.python is not None and w.python[:2] == self.master_python)
+            for w in self.workers
+        ):
+            return
+        for job in list(self.jobs):
+            if (job.by_value or job.by_value_items) and not job.ended:
+                what = "%s" % job.describe() if job.by_value else "the arguments of %s" % job.describe()
+                job.fail(
+                    ValueError(
+                        "%s travel by value (cloudpickle), which needs a worker of the master's Python %d.%d; "
+                        "the pool has none left. Make them importable (module-level functions and classes) so "
+                        "that plain pickle can send them." % (what, *self.master_python)
+                    )
+                )
+                job.finish()
+                self.jobs.remove(job)
 
     def _next_chunk(self, w: _Worker, nworkers: int) -> _Chunk | None:
         for i, c in enumerate(self.retry):
