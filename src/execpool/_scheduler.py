@@ -864,9 +864,9 @@ class Scheduler:
                 what = "%s" % job.describe() if job.by_value else "the arguments of %s" % job.describe()
                 job.fail(
                     ValueError(
-                        "%s travel by value (cloudpickle), which needs a worker of the master's Python %d.%d; "
-                        "the pool has none left. Make them importable (module-level functions and classes) so "
-                        "that plain pickle can send them." % (what, *self.master_python)
+                        "%s travel by value (cloudpickle), which needs a worker of the master's Python %s; "
+                        "the pool has no such worker. Make them importable (module-level functions and classes) "
+                        "so that plain pickle can send them." % (what, "%d.%d" % self.master_python)
                     )
                 )
                 job.finish()
