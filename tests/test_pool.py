@@ -463,6 +463,28 @@ def test_pool_over_ssh_hosts_uses_one_login_per_host(sshd_server: Any) -> None:
         assert sum(1 for gw in p.group if gw.spec.via) == 2
 
 
+def test_rsync_over_ssh_syncs_each_distinct_host_once_before_dispatch(sshd_server: Any, tmp_path: Path) -> None:
+    code, data = _project(tmp_path)
+    homes = {name: tmp_path / name for name in ("home-a", "home-b")}
+    for h in homes.values():
+        h.mkdir()
+    specs = [
+        sshd_server.spec("host-a", "//workers=2//env:EXECPOOL_HOSTKEY=a//env:HOME=%s" % homes["home-a"]),
+        sshd_server.spec("host-b", "//env:EXECPOOL_HOSTKEY=b//env:HOME=%s" % homes["home-b"]),
+    ]
+    with execpool.Pool(specs, rsync=[str(code), str(data)]) as p:
+        assert wait_until(lambda: all_ready(p, 3), timeout=60)
+        out = p.map(tasks.read_file, ["data/x.txt"] * 30, chunksize=1)
+        assert out == ["payload"] * 30
+        assert sorted(p._sched.synced) == sorted((host, str(d)) for host in "ab" for d in (code, data))
+        cwds = {cwd for _, cwd, _ in p.map(tasks.whoami, range(30), chunksize=1)}
+    assert all(any(c.startswith(str(h)) for h in homes.values()) for c in cwds)
+    for h in homes.values():
+        (synced,) = (h / ".cache" / "execpool" / "sync").iterdir()
+        assert (synced / "data" / "x.txt").read_text() == "payload"
+        assert (synced / "synced_mod_pkg" / "__init__.py").exists()
+
+
 def test_execpool_demo_runs_a_checked_map_on_every_local_python() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "execpool", "demo", "--tasks", "24", "--no-progress"],
