@@ -542,3 +542,16 @@ def test_repr_names_the_gateway(gw: execpool.Gateway) -> None:
 def test_source_text_of_remote_exec_is_dedented_with_textwrap_rules(gw: execpool.Gateway) -> None:
     src = textwrap.indent("channel.send(1)\n", "        ")
     assert gw.remote_exec(src).receive(10) == 1
+
+
+def test_exiting_twice_never_closes_a_file_that_reused_the_workers_descriptor() -> None:
+    gw = execpool.makegateway()
+    gw.exit()
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]  # take the numbers the gateway freed
+    try:
+        gw.exit()
+        for fd in fds:
+            os.fstat(fd)  # EBADF if the second exit closed one of them
+    finally:
+        for fd in fds:
+            os.close(fd)

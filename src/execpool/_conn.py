@@ -61,6 +61,7 @@ class FdIO:
         self.rfd = rfd
         self.wfd = wfd
         self._wclosed = False
+        self._rclosed = False
 
     def read(self, n: int) -> bytes:
         return os.read(self.rfd, n)
@@ -97,6 +98,9 @@ class FdIO:
 
     def close(self) -> None:
         self.close_write()
+        if self._rclosed:  # closing a number twice could close an unrelated file that reused it
+            return
+        self._rclosed = True
         try:
             os.close(self.rfd)
         except OSError:
