@@ -201,8 +201,10 @@ def test_closed_pool_refuses_work_and_join_needs_close() -> None:
 
 def test_context_manager_waits_for_submitted_work_then_ends_workers() -> None:
     with execpool.Pool(2) as p:
+        assert wait_until(lambda: all_ready(p, 2), timeout=60)
+        pids = [gw.remote_info().pid for gw in p.group]
         r = p.map_async(tasks.version_after, range(4), chunksize=1)
-        pids = [gw.remote_info().pid for gw in p.group if wait_until(lambda gw=gw: gw.alive)]
+    assert r.ready(), "leaving the block returned before the submitted work was done"
     assert [x for x, _ in r.get(0)] == [0, 1, 2, 3]
     from conftest import process_gone
 

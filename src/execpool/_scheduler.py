@@ -67,6 +67,10 @@ WINDOW = 2
 CHUNK_SECONDS = 0.02
 #: Bytes of pickled arguments an automatic chunk aims to stay under.
 CHUNK_BYTES = 4 * 1024 * 1024
+#: A busy worker is sent its next chunk ahead of time when the running one is expected to take
+#: less than this many seconds, or less than PREFETCH_RTTS round trips to it.
+PREFETCH_BELOW = 0.005
+PREFETCH_RTTS = 50
 #: Seconds a worker may take to start (gateway, rsync, initializer excluded).
 START_TIMEOUT = 60.0
 
@@ -534,6 +538,7 @@ class Scheduler:
                 self._check_timeouts()
                 if self.state == "terminated":
                     self._fail_all(PoolTerminated("the pool was terminated before this task finished"))
+                    self._mark_ended()
                     break
                 self._dispatch()
                 if self.state == "closing" and not self.jobs and not self.retry:
@@ -653,6 +658,9 @@ class Scheduler:
             if w.current == cid:
                 w.current = None
                 w.deadline = None
+            if self.timeout is not None and w.current is None and w.inflight:
+                w.current = next(iter(w.inflight))  # the worker goes on with its next chunk now
+                w.deadline = now + self.timeout
             if chunk.sent_at is not None and chunk.queued_behind == 0:
                 rtt = max(0.0, now - chunk.sent_at - busy)
                 w.rtt = rtt if w.rtt is None else 0.8 * w.rtt + 0.2 * rtt
@@ -726,27 +734,35 @@ class Scheduler:
         requeue: list[_Chunk] = []
         if chunks and not w.killed:
             suspect = chunks.pop(0)
-            for i, idx in enumerate(suspect.indices):
-                single = _Chunk(next(self.cids), suspect.job, [idx], [suspect.items[i]], suspect.attempts + 1)
-                if single.attempts > self.retries:
+            if len(suspect.indices) > 1:
+                # Which of its tasks killed the worker is unknown: run them one at a time; the one
+                # that kills again is charged this death too (the others never are).
+                for i, idx in enumerate(suspect.indices):
+                    single = _Chunk(next(self.cids), suspect.job, [idx], [suspect.items[i]], suspect.attempts)
+                    single.unattributed = suspect.unattributed + 1
+                    requeue.append(single)
+            else:
+                suspect.attempts += 1 + suspect.unattributed
+                suspect.unattributed = 0
+                if suspect.attempts > self.retries:
                     err = WorkerLost(
-                        "task #%d of %s was running on %s when the worker died (%s); it was tried %d time%s "
-                        "(retries=%d). The task may crash its interpreter (segfault, os._exit, out of memory) "
-                        "or the host or its connection failed."
+                        "task #%d of %s was running on %s when the worker died (%s); %d worker%s died running "
+                        "it (retries=%d). The task may crash its interpreter (segfault, os._exit, out of "
+                        "memory), or the host or its connection failed."
                         % (
-                            idx,
+                            suspect.indices[0],
                             suspect.job.describe(),
                             self._where(w),
                             reason,
-                            single.attempts,
-                            "s" if single.attempts > 1 else "",
+                            suspect.attempts,
+                            "s" if suspect.attempts > 1 else "",
                             self.retries,
                         )
                     )
                     if not suspect.job.ended:
-                        self._deliver(suspect.job, single, [None], {0: err})
+                        self._deliver(suspect.job, suspect, [None], {0: err})
                 else:
-                    requeue.append(single)
+                    requeue.append(suspect)
         requeue.extend(chunks)
         for c in reversed(requeue):
             if not c.job.ended:
@@ -838,7 +854,7 @@ class Scheduler:
         while progress:
             progress = False
             for w in ready:
-                if w.state != "ready" or len(w.inflight) >= WINDOW:
+                if w.state != "ready" or len(w.inflight) >= WINDOW or not self._wants_more(w):
                     continue
                 if self.maxtasks is not None and w.dispatched >= self.maxtasks:
                     continue
@@ -848,6 +864,24 @@ class Scheduler:
                 self._send_chunk(w, chunk)
                 progress = True
         self._fail_starving()  # a chunk found to need the master's Python may have been put back
+
+    def _wants_more(self, w: _Worker) -> bool:
+        """Whether ``w`` should get another chunk now.
+
+        An idle worker always does.  A busy one gets the next chunk ahead of time only when
+        its current chunk is expected to be short next to a round trip (then waiting for the
+        result before sending more would leave it idle for a noticeable share of the time);
+        long chunks are not queued behind each other, so a worker that starts later, or
+        finishes earlier, finds work instead of watching another worker's queue.
+        """
+        if not w.inflight:
+            return True
+        running = next(iter(w.inflight.values()))
+        job = running.job
+        if job.measured == 0:
+            return False
+        expected = job.busy / job.measured * len(running.indices)
+        return expected < max(PREFETCH_BELOW, PREFETCH_RTTS * (w.rtt or 0.0))
 
     def _fail_starving(self) -> None:
         """Fail jobs that only a worker of the master's Python can run when no such worker is left."""
@@ -963,6 +997,10 @@ class Scheduler:
         chunk.queued_behind = len(w.inflight)
         chunk.sent_at = time.monotonic()
         w.inflight[chunk.cid] = chunk
+        if self.timeout is not None and w.current is None:
+            # The clock runs from now; the worker's "b" (it started the task) restarts it.
+            w.current = chunk.cid
+            w.deadline = chunk.sent_at + self.timeout
         w.dispatched += len(chunk.indices)
         try:
             if job.fid not in w.funcs:
@@ -978,9 +1016,19 @@ class Scheduler:
 
     def _shutdown_workers(self) -> None:
         for w in self.workers:
-            if w.state == "ready":
-                self._retire(w, kill=False)
+            if w.state == "ready" and w.ch is not None:
+                try:
+                    w.ch.send(("x",))  # the worker loop returns; exiting the gateways ends the processes
+                except OSError:
+                    pass
         self._terminate_group(timeout=10.0)
+        self._mark_ended()
+
+    def _mark_ended(self) -> None:
+        with self.lock:
+            for w in self.workers:
+                if w.stats.state in ("starting", "ready", "dead"):
+                    w.stats.state = "ended"
 
     def _terminate_group(self, timeout: float = 2.0) -> None:
         try:
@@ -992,14 +1040,15 @@ class Scheduler:
 
 
 class _Chunk:
-    __slots__ = ("attempts", "cid", "indices", "items", "job", "payload", "queued_behind", "sent_at")
+    __slots__ = ("attempts", "cid", "indices", "items", "job", "payload", "queued_behind", "sent_at", "unattributed")
 
     def __init__(self, cid: int, job: Job, indices: range | list[int], items: list[Any], attempts: int) -> None:
         self.cid = cid
         self.job = job
         self.indices = indices
         self.items = items
-        self.attempts = attempts
+        self.attempts = attempts  # worker deaths charged to this (single-task) chunk
+        self.unattributed = 0  # deaths of a larger chunk it was part of, charged if it kills again
         self.payload: bytes | None = None
         self.sent_at: float | None = None
         self.queued_behind = 0

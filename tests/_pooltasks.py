@@ -1,0 +1,95 @@
+"""Task functions for the pool tests: importable by name, so they travel by reference.
+
+Workers that cannot import this module from their ``sys.path`` get it from the
+master (the pool serves pure-Python modules).  Keep it stdlib-only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+MARKER: Any = None
+
+
+def square_slowly(x: int) -> int:
+    """``x * x`` after a short sleep, so that a map is still in flight a moment later."""
+    time.sleep(0.05)
+    return x * x
+
+
+def pid_of(x: Any) -> int:
+    """The pid of the worker that ran the task (after a short sleep, so that tasks spread over workers)."""
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def log_then_crash_on(item: tuple[int, int, str]) -> int:
+    """Append ``x`` to ``logfile``; kill the interpreter (no clean exit) if ``x == crash``; else ``2 * x``."""
+    x, crash, logfile = item
+    with open(logfile, "a") as f:
+        f.write("%d\n" % x)
+    if x == crash:
+        os._exit(3)
+    time.sleep(0.02)
+    return 2 * x
+
+
+def kill_own_interpreter(x: int) -> int:
+    """SIGKILL the worker's own process when ``x == 2``; else ``x``."""
+    if x == 2:
+        os.kill(os.getpid(), 9)
+    time.sleep(0.02)
+    return x
+
+
+def record_pid_and_sleep(item: tuple[str, float]) -> int:
+    """Write the worker's pid to ``path`` (atomically), sleep ``seconds``, return the pid."""
+    path, seconds = item
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, path)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def record_pid_and_wait_for(item: tuple[str, str]) -> int:
+    """Write the worker's pid to ``path``, then wait (at most 60 s) until file ``go`` exists; return the pid."""
+    path, go = item
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, path)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def log_and_sleep(item: tuple[str, int, float]) -> int:
+    """Append ``x`` to ``logfile``, sleep ``seconds``, return ``x``."""
+    logfile, x, seconds = item
+    with open(logfile, "a") as f:
+        f.write("%d\n" % x)
+    time.sleep(seconds)
+    return x
+
+
+def set_marker(value: Any, logfile: str) -> None:
+    """Initializer: remember ``value`` in this worker; log the worker's pid."""
+    global MARKER
+    MARKER = value
+    with open(logfile, "a") as f:
+        f.write("%d\n" % os.getpid())
+
+
+def read_marker(x: int) -> tuple[Any, int, int]:
+    """What the initializer left in this worker, with ``x`` and the worker's pid."""
+    time.sleep(0.05)
+    return (MARKER, x, os.getpid())
+
+
+def failing_initializer() -> None:
+    raise ValueError("the initializer exploded (code 4711)")
