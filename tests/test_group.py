@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -120,3 +121,38 @@ def test_multichannel_waitclose_timeout_bounds_the_whole_wait(group: execpool.Gr
     assert time.monotonic() - start < 1.5  # one 0.5 s budget, not 4 x 0.5 s = 2 s
     mc.send_each(None)
     mc.waitclose(10)
+
+
+def test_terminate_while_a_gateway_starts_ends_it_at_once_and_its_start_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from execpool import gateway
+
+    started = threading.Event()
+    spawn = gateway.Gateway._spawn
+
+    def slow_spawn(self: gateway.Gateway) -> None:
+        started.set()
+        time.sleep(0.5)  # terminate() runs in this window: the gateway is in the group, no process yet
+        spawn(self)
+
+    monkeypatch.setattr(gateway.Gateway, "_spawn", slow_spawn)
+    g = execpool.Group()
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            g.makegateway()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=start)
+    t.start()
+    assert started.wait(30)
+    t0 = time.monotonic()
+    g.terminate(timeout=60)
+    assert time.monotonic() - t0 < 30  # a hang guard: it used to wait out the whole timeout
+    t.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], execpool.GatewayStartError)
+    assert "exited" in str(errors[0])
+    assert len(g) == 0

@@ -143,6 +143,9 @@ class Gateway(BaseGateway):
 
     def _spawn(self) -> None:
         """Start the worker process and send the bootstrap (does not wait for it)."""
+        if self._exiting:
+            self._ended.set()  # no connection will ever exist: exit() must not wait for one
+            raise GatewayStartError("gateway %s (%s) was exited before it started" % (self.id, self.spec))
         spec = self.spec
         where = "%s (%s)" % (self.id, spec)
         installvia = self._installvia()
@@ -177,6 +180,11 @@ class Gateway(BaseGateway):
         self._started_at = time.perf_counter()
         self._io = self._transport.start()
         self._start_reader()
+        if self._exiting:
+            # exit() ran while the process started (a group terminated mid-start): it saw no
+            # connection to end, so end it here; _finish_start reports the start as failed.
+            self._close_write_or_kill("the gateway was exited while it started")
+            return
         config = {
             "id": self.id,
             "max_frame": self._max_frame,
@@ -237,6 +245,9 @@ class Gateway(BaseGateway):
 
     def _finish_start(self, timeout: float | None) -> None:
         """Wait for the worker's hello; on failure, clean up and raise GatewayStartError."""
+        if self._exiting:
+            self._kill_and_close()
+            raise GatewayStartError("gateway %s (%s) was exited while it started" % (self.id, self.spec))
         if not self._hello_event.wait(timeout):
             self._kill_and_close()
             stderr = self._transport.stderr_text() if self._transport else ""
