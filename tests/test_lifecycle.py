@@ -139,3 +139,23 @@ def test_worker_output_written_before_exit_is_never_lost(tmp_path: Path) -> None
         )
         assert result.returncode == 0, result.stderr
         assert "[gw0] last words" in result.stderr and "[gw0] and more" in result.stderr, result.stderr
+
+
+def test_ending_workers_while_they_start_prints_no_swallowed_interrupt(tmp_path: Path) -> None:
+    """Shutdown's SIGINT must not land in the import machinery's weakref callbacks, where Python
+    prints "Exception ignored ... KeyboardInterrupt" and drops it (the worker then hangs until
+    its watchdog)."""
+    proc = run_master_script(
+        """
+        import time, execpool
+        for i in range(15):
+            pool = execpool.Pool(2)
+            time.sleep(0.03 + 0.01 * (i % 5))  # the workers are starting: bootstrap, imports
+            pool.terminate()
+        print("done")
+        """,
+        tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr

@@ -216,6 +216,30 @@ class WorkerGateway(BaseGateway):
             os._exit(EXIT_OVERRUN)
 
 
+def _install_sigint_handler() -> None:
+    """Make shutdown's SIGINT reliable: never let it land where Python swallows it.
+
+    A KeyboardInterrupt raised while the main thread runs a weakref callback of the
+    import machinery (an import lock's clean-up) is printed as "Exception ignored"
+    and lost, so the worker would print a traceback and hang until its watchdog.
+    There, the handler asks again a moment later instead of raising.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            t = threading.Timer(0.02, _interrupt_main_thread)
+            t.daemon = True
+            t.start()
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def _interrupt_main_thread() -> None:
     """Raise KeyboardInterrupt in the main thread, also out of a blocking call (sleep, read)."""
     try:
@@ -273,6 +297,7 @@ def main(config: Dict[str, Any]) -> None:
     except Exception:
         pass
     enlarge_pipe(wfd)
+    _install_sigint_handler()
     gateway = WorkerGateway(config)
     gateway._io = FdIO(rfd, wfd)
     try:
