@@ -546,3 +546,46 @@ def test_an_unclosed_pool_warns_and_ends_its_workers_when_collected() -> None:
         del p
         gc.collect()
     assert wait_until(lambda: process_gone(pid), timeout=30)
+
+
+def test_leaving_a_with_block_runs_an_unread_imap_to_its_end() -> None:
+    with execpool.Pool(2) as p:
+        it = p.imap(tasks.count, range(3 * execpool.pool.IMAP_AHEAD))  # more than the read-ahead bound
+    assert sum(it) == sum(range(3 * execpool.pool.IMAP_AHEAD))
+
+
+def test_async_result_callbacks_have_run_when_get_returns(pool: execpool.Pool) -> None:
+    import time
+
+    calls: list[str] = []
+
+    def slow_callback(value: Any) -> None:
+        time.sleep(0.05)
+        calls.append("callback")
+
+    def slow_error_callback(exc: BaseException) -> None:
+        time.sleep(0.05)
+        calls.append("error_callback")
+
+    for _ in range(5):
+        calls.clear()
+        pool.apply_async(tasks.square, (2,), callback=slow_callback).get(30)
+        assert calls == ["callback"]
+        r = pool.apply_async(tasks.fail_on, (3,), error_callback=slow_error_callback)
+        r.wait(30)
+        assert calls == ["callback", "error_callback"]
+
+
+def test_a_pool_left_running_at_interpreter_exit_ends_quietly(tmp_path: Path) -> None:
+    from conftest import run_master_script
+
+    proc = run_master_script(
+        """
+        import execpool
+        pool = execpool.Pool(1)
+        print(pool.map(abs, [-1, -2]))
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 2]"
+    assert proc.stderr == "", proc.stderr

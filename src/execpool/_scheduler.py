@@ -540,6 +540,9 @@ class Scheduler:
                     self._fail_all(PoolTerminated("the pool was terminated before this task finished"))
                     self._mark_ended()
                     break
+                if self.state == "closing":
+                    for job in self.jobs:  # no new work can come: an unread imap runs to its end,
+                        job.limit = None  # as in multiprocessing (its results wait in memory)
                 self._dispatch()
                 if self.state == "closing" and not self.jobs and not self.retry:
                     self._shutdown_workers()
@@ -759,6 +762,8 @@ class Scheduler:
                             self.retries,
                         )
                     )
+                    with self.lock:
+                        w.stats.failures += 1
                     if not suspect.job.ended:
                         self._deliver(suspect.job, suspect, [None], {0: err})
                 else:

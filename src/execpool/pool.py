@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,6 +62,7 @@ class AsyncResult(Job):
         self._error_callback = error_callback
         self._error: BaseException | None = None
         self._event = threading.Event()
+        self._finished = False
         if not items:
             self.exhausted = True
 
@@ -80,11 +83,11 @@ class AsyncResult(Job):
 
     def finish(self) -> None:
         super().finish()
-        if self._event.is_set():
+        if self._finished:
             return
+        self._finished = True
         self.ended = True
-        self._event.set()
-        try:
+        try:  # as in multiprocessing: the callback has run by the time get() returns
             if self._error is not None:
                 if self._error_callback is not None:
                     self._error_callback(self._error)
@@ -94,6 +97,8 @@ class AsyncResult(Job):
             import traceback
 
             traceback.print_exc()
+        finally:
+            self._event.set()
 
     def _value(self) -> Any:
         return self._values[0] if self._single else self._values
@@ -443,11 +448,11 @@ class Pool:
 
     def __del__(self) -> None:
         sched = getattr(self, "_sched", None)
-        if sched is not None and sched.state == "running":
-            import warnings
-
+        if sched is None or sched.state != "running":
+            return
+        sched.close()
+        if not sys.is_finalizing():  # at interpreter exit the group's clean-up ends the workers
             warnings.warn("unclosed running execpool.Pool %r: closing it" % self, ResourceWarning, stacklevel=2)
-            sched.close()
 
     def __enter__(self) -> Pool:
         return self
