@@ -12,6 +12,7 @@ Messages on the task channel (all channel data, payloads are pickle bytes)::
     ("t", cid, fid, mode, pickled items)     ("b", cid)  before the chunk, when asked
                                              ("r", cid, pickled results, busy, errors)
     ("p", [directories])  -> sys.path
+    ("c",)  forget the loaded functions
     ("x",)  finish
 
 ``mode`` says how an item becomes a call: ``f(item)``, ``f(*item)`` or
@@ -205,6 +206,8 @@ class Worker:
                     self.funcs[fid] = pickle.loads(payload)
                 except Exception as exc:
                     self.funcs[fid] = exc
+            elif kind == "c":
+                self.funcs.clear()
             elif kind == "p":
                 for d in reversed(msg[1]):
                     if d not in sys.path:

@@ -63,8 +63,11 @@ from .group import Group
 
 #: Chunks a worker holds at once (one running, the next already there).
 WINDOW = 2
-#: Seconds of work an automatic chunk aims at.
-CHUNK_SECONDS = 0.02
+#: Seconds of work an automatic chunk aims at, and the least a chunk shrinks to at a job's end.
+CHUNK_SECONDS = 0.05
+CHUNK_FLOOR = 0.002
+#: Functions a worker keeps loaded (and the master remembers the ids of).
+FUNCTIONS_KEPT = 512
 #: Bytes of pickled arguments an automatic chunk aims to stay under.
 CHUNK_BYTES = 4 * 1024 * 1024
 #: A busy worker is sent its next chunk ahead of time when the running one is expected to take
@@ -142,6 +145,7 @@ class Job:
         self.busy = 0.0
         self.measured = 0
         self.bytes_per_item = 0.0
+        self.prior: float | None = None  # seconds per task of earlier jobs of the same function
         self.ended = False
         self._bar: Any = None
 
@@ -162,6 +166,13 @@ class Job:
             self.exhausted = True
         self.pending += len(got)
         return got
+
+    def per_task(self) -> float | None:
+        """Seconds a task of this job takes on a worker: measured, else what earlier jobs of its
+        function took, else None."""
+        if self.measured:
+            return self.busy / self.measured
+        return self.prior
 
     def outstanding(self) -> int:
         """Tasks pulled from the input whose results the consumer has not taken (streams only)."""
@@ -234,10 +245,12 @@ class Scheduler:
         self.jobs: collections.deque[Job] = collections.deque()
         self.retry: collections.deque[_Chunk] = collections.deque()
         self.cids = itertools.count(1)
-        self.fids: dict[int, tuple[int, bytes, bool, Callable[..., Any]]] = {}
+        self.fid_of: dict[bytes, int] = {}  # pickled function -> its id (jobs of one function share it)
         self.next_fid = itertools.count(1)
         self.state = "running"  # -> closing -> closed | terminated
         self.errors: list[str] = []
+        self.needs_mine: set[Job] = set()  # jobs that only a worker of the master's Python can run
+        self.task_times: dict[str, float] = {}  # function -> seconds per task, from its last job
         self.broken: BaseException | None = None  # set when no worker is left: every job fails with it
         self.starting = 0  # start-ups in progress (hosts being expanded, workers starting)
         self.finished = threading.Event()
@@ -465,7 +478,13 @@ class Scheduler:
             self._check_versions(job.describe(), why or "it cannot be pickled by reference")
         job.fpayload = payload
         job.by_value = by_value
-        job.fid = next(self.next_fid)
+        with self.lock:
+            fid = self.fid_of.get(payload)
+            if fid is None:
+                if len(self.fid_of) >= FUNCTIONS_KEPT:
+                    self.fid_of.pop(next(iter(self.fid_of)))
+                fid = self.fid_of[payload] = next(self.next_fid)
+        job.fid = fid
         job.open_progress()
         self.events.put(("job", job))
 
@@ -584,8 +603,10 @@ class Scheduler:
                 job.fail(self.broken)
                 job.finish()
             else:
+                job.prior = self.task_times.get(job.describe())
                 self.jobs.append(job)
-                self.fids[job.fid] = (job.fid, job.fpayload, job.by_value, job.func)
+                if job.by_value:
+                    self.needs_mine.add(job)
         elif kind == "ready":
             self._on_ready(ev[1], ev[2])
         elif kind == "startfail":
@@ -670,6 +691,7 @@ class Scheduler:
             job = chunk.job
             job.busy += busy
             job.measured += n
+            self._remember_task_time(job)
             if job.ended:
                 self._after_result(w)
                 return
@@ -700,18 +722,20 @@ class Scheduler:
                 w.current = msg[1]
                 w.deadline = time.monotonic() + (self.timeout or 0.0)
 
+    def _remember_task_time(self, job: Job) -> None:
+        """Keep the function's time per task for its next job's first chunk (few functions are kept)."""
+        key = job.describe()
+        if key not in self.task_times and len(self.task_times) >= 256:
+            self.task_times.pop(next(iter(self.task_times)))
+        self.task_times[key] = job.busy / job.measured
+
     def _deliver(self, job: Job, chunk: _Chunk, values: list[Any], errs: dict[int, BaseException]) -> None:
         n = len(chunk.indices)
         job.pending -= n
         job.deliver(chunk.indices, values, errs)
         job.step_progress(n)
         if job.done():
-            job.finish()
-            job.ended = True
-            try:
-                self.jobs.remove(job)
-            except ValueError:
-                pass
+            self._end_job(job)
 
     def _after_result(self, w: _Worker) -> None:
         if self.maxtasks is not None and w.dispatched >= self.maxtasks and not w.inflight and w.state == "ready":
@@ -883,14 +907,16 @@ class Scheduler:
             return True
         running = next(iter(w.inflight.values()))
         job = running.job
-        if job.measured == 0:
+        per = job.per_task()
+        if per is None:
             return False
-        expected = job.busy / job.measured * len(running.indices)
+        expected = per * len(running.indices)
         return expected < max(PREFETCH_BELOW, PREFETCH_RTTS * (w.rtt or 0.0))
 
     def _fail_starving(self) -> None:
         """Fail jobs that only a worker of the master's Python can run when no such worker is left."""
-        if not any(j.by_value or j.by_value_items for j in self.jobs):
+        self.needs_mine = {j for j in self.needs_mine if not j.ended}
+        if not self.needs_mine:
             return
         if any(
             w.state == "starting"
@@ -898,18 +924,25 @@ class Scheduler:
             for w in self.workers
         ):
             return
-        for job in list(self.jobs):
-            if (job.by_value or job.by_value_items) and not job.ended:
-                what = "%s" % job.describe() if job.by_value else "the arguments of %s" % job.describe()
-                job.fail(
-                    ValueError(
-                        "%s travel by value (cloudpickle), which needs a worker of the master's Python %s; "
-                        "the pool has no such worker. Make them importable (module-level functions and classes) "
-                        "so that plain pickle can send them." % (what, "%d.%d" % self.master_python)
-                    )
+        for job in list(self.needs_mine):
+            what = "%s" % job.describe() if job.by_value else "the arguments of %s" % job.describe()
+            job.fail(
+                ValueError(
+                    "%s travel by value (cloudpickle), which needs a worker of the master's Python %s; "
+                    "the pool has no such worker. Make them importable (module-level functions and classes) "
+                    "so that plain pickle can send them." % (what, "%d.%d" % self.master_python)
                 )
-                job.finish()
-                self.jobs.remove(job)
+            )
+            self._end_job(job)
+        self.needs_mine.clear()
+
+    def _end_job(self, job: Job) -> None:
+        job.finish()
+        job.ended = True
+        try:
+            self.jobs.remove(job)
+        except ValueError:
+            pass
 
     def _next_chunk(self, w: _Worker, nworkers: int) -> _Chunk | None:
         for i, c in enumerate(self.retry):
@@ -920,14 +953,15 @@ class Scheduler:
                 return c
         while self.retry and self.retry[0].job.ended:
             self.retry.popleft()
-        for job in list(self.jobs):
+        finished: list[Job] = []
+        chunk = None
+        for job in self.jobs:  # not modified in this loop (many one-task jobs must stay cheap)
             if job.ended:
+                finished.append(job)
                 continue
             if not job.wants_input() or not self._compatible(w, job):
                 if job.done():
-                    job.finish()
-                    job.ended = True
-                    self.jobs.remove(job)
+                    finished.append(job)
                 continue
             if job.limit is not None and job.outstanding() >= job.limit:  # an imap ahead of its consumer
                 continue
@@ -938,14 +972,14 @@ class Scheduler:
             items = job.pull(n)
             if not items:
                 if job.done():
-                    job.finish()
-                    job.ended = True
-                    if job in self.jobs:
-                        self.jobs.remove(job)
+                    finished.append(job)
                 continue
             job.next_index += len(items)
-            return _Chunk(next(self.cids), job, range(start, start + len(items)), items, 0)
-        return None
+            chunk = _Chunk(next(self.cids), job, range(start, start + len(items)), items, 0)
+            break
+        for job in finished:
+            self._end_job(job)
+        return chunk
 
     def _compatible(self, w: _Worker, job: Job) -> bool:
         if not (job.by_value or job.by_value_items):
@@ -957,15 +991,18 @@ class Scheduler:
             return 1
         if job.chunksize:
             n = job.chunksize
-        elif job.measured == 0:
-            n = 1
+        elif job.per_task() is None:
+            n = 1  # nothing known yet: one task, and a first result soon
         else:
-            per = max(job.busy / job.measured, 1e-7)
+            per = max(job.per_task() or 0.0, 1e-7)
             target = max(CHUNK_SECONDS, 4 * (w.rtt or 0.0))
             n = max(1, int(target / per))
             if job.total is not None:
+                # Towards the end, smaller chunks so that the workers finish together; but never
+                # below CHUNK_FLOOR seconds of work, where messages would cost more than balance gains.
                 remaining = job.total - job.next_index
-                n = min(n, max(1, math.ceil(remaining / (2 * nworkers))))
+                floor = max(1, int(CHUNK_FLOOR / per))
+                n = min(n, max(floor, math.ceil(remaining / (2 * nworkers))))
             if job.bytes_per_item > 0:
                 n = min(n, max(1, int(CHUNK_BYTES / job.bytes_per_item)))
             if job.limit is not None:  # an imap: stay well inside its read-ahead bound
@@ -983,6 +1020,7 @@ class Scheduler:
                 chunk.payload, by_value = _payload.dumps_items(chunk.items)
                 if by_value and not job.by_value_items:
                     job.by_value_items = True
+                    self.needs_mine.add(job)
                     if not self._compatible(w, job):
                         self.retry.appendleft(chunk)
                         return
@@ -1009,6 +1047,9 @@ class Scheduler:
         w.dispatched += len(chunk.indices)
         try:
             if job.fid not in w.funcs:
+                if len(w.funcs) >= FUNCTIONS_KEPT:
+                    ch.send(("c",))  # the worker forgets its functions; later tasks send theirs again
+                    w.funcs.clear()
                 ch.send(("f", job.fid, job.fpayload))
                 w.funcs.add(job.fid)
                 w.stats.bytes_sent += len(job.fpayload)
