@@ -15,21 +15,29 @@ talks to it through the ``events`` queue.  A worker is a gateway running
 a second channel on which it asks for module sources.
 
 - *Chunks.*  A job's input is cut into chunks pulled lazily from its
-  iterator.  Without a ``chunksize`` the size follows the measured time per
-  task (a chunk should take ``CHUNK_SECONDS`` or four round trips, whichever
-  is longer) and shrinks towards the end of a job of known length so that
-  workers finish together.  Each worker holds up to ``WINDOW`` chunks, so the
-  next one is already there when it finishes one.
+  iterator.  Without a ``chunksize`` the first chunk is one task (unless an
+  earlier job of the same function says how long its tasks take); then the
+  size follows the measured time per task (a chunk should take
+  ``CHUNK_SECONDS`` or four round trips, whichever is longer) and shrinks
+  towards the end of a job of known length, down to ``CHUNK_FLOOR`` seconds
+  of work, so that workers finish together.  A worker holds up to
+  ``WINDOW`` chunks, but a second one only when its running chunk is short
+  next to a round trip (``_wants_more``): long chunks do not queue behind
+  each other while another worker could take them.
 - *Failures.*  A worker processes its chunks in order, so when it dies the
-  oldest chunk in flight is the suspect: it is split into single tasks, each
-  charged one attempt, and a task charged more than ``retries`` times fails
-  with :class:`WorkerLost`.  The other chunks go back to the front of the
-  queue uncharged.  The worker is replaced (a new gateway of the same spec);
-  if that fails, the pool goes on without it, and with no worker left every
-  job fails with the start errors.
-- *Timeouts.*  With ``timeout=`` tasks travel one per chunk and workers say
-  when they start one; a task over its time fails with
-  :class:`TimeoutError` and its worker is killed and replaced.
+  oldest chunk in flight was running.  A one-task chunk is charged the
+  death; a larger one is split into one-task chunks, and whichever of them
+  kills a worker again is charged both deaths (tasks that never started, or
+  ran fine, are never charged).  A task charged more than ``retries``
+  deaths fails with :class:`WorkerLost`.  The other chunks go back to the
+  front of the queue uncharged.  The worker is replaced (a new gateway of
+  the same spec); if that fails, the pool goes on without it, and with no
+  worker left every job fails with the start errors.
+- *Timeouts.*  With ``timeout=`` tasks travel one per chunk; the clock of a
+  task starts when it is sent to an idle worker (or when the worker's
+  previous result arrives) and restarts when the worker says it started it.
+  A task over its time fails with :class:`TimeoutError` and its worker is
+  killed and replaced.
 - *Hosts.*  ``ssh=host//workers=N`` starts one gateway to the host (the
   relay) and N workers ``via=`` it: one ssh login per host.  Directories
   given to ``rsync=`` are synced once per distinct host before its workers
