@@ -184,6 +184,14 @@ def test_chunksize_must_be_positive(pool: execpool.Pool) -> None:
         pool.map(42, [1])  # type: ignore[arg-type]
 
 
+def test_processes_keyword_works_as_in_multiprocessing() -> None:
+    with execpool.Pool(processes=2) as p:
+        assert p.map(tasks.square, range(4)) == [0, 1, 4, 9]
+        assert len(p.stats()) == 2
+    with pytest.raises(TypeError, match="not both"):
+        execpool.Pool(2, processes=2)
+
+
 def test_closed_pool_refuses_work_and_join_needs_close() -> None:
     p = execpool.Pool(1)
     try:

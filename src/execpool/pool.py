@@ -268,6 +268,8 @@ class Pool:
     - ``trust_workers=False``: load results with the restricted loader (only
       builtin values) so that a compromised worker cannot run code on the master.
     - ``serve_modules``: let workers import the master's pure-Python modules.
+    - ``processes``: as in :mod:`multiprocessing`, a number of local workers
+      (the same as passing the number as ``specs``).
 
     Leaving a ``with`` block waits for submitted work and ends the workers;
     an exception inside the block terminates the pool instead.
@@ -287,7 +289,12 @@ class Pool:
         chdir: str | None = None,
         trust_workers: bool = True,
         serve_modules: bool = True,
+        processes: int | None = None,
     ) -> None:
+        if processes is not None:  # multiprocessing.Pool's name for a number of local workers
+            if specs is not None:
+                raise TypeError("give Pool either specs or processes, not both")
+            specs = processes
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild < 1):
             raise ValueError("maxtasksperchild must be a positive int or None, not %r" % (maxtasksperchild,))
         if not isinstance(retries, int) or retries < 0:
