@@ -1,6 +1,6 @@
 """What the benchmark scripts share: worker code, timed loops, table numbers, process checks.
 
-Imported by ``bench_lowlevel.py``, ``bench_ssh.py`` and ``bench_rsync.py`` (run from the
+Imported by ``bench_lowlevel.py``, ``bench_ssh.py``, ``bench_rsync.py`` and ``bench_pool.py`` (run from the
 repository root, their directory is on ``sys.path``).
 """
 
@@ -192,3 +192,40 @@ def end_sessions(server_pid: int) -> dict[int, str]:
         if not wait_gone(server_pid, 5.0):
             break
     return left
+
+
+def default_remote_python() -> str:
+    """A real interpreter path for remote workers (not pyenv's shim, which costs 0.1-0.25 s per start)."""
+    import sys
+
+    base = getattr(sys, "_base_executable", "") or sys.executable
+    return base if os.path.exists(base) else "python3"
+
+
+def machine_description() -> str:
+    """CPUs, CPU model, memory, OS and kernel of this machine (Linux /proc; less elsewhere), for headers."""
+    import platform
+
+    model = "?"
+    mem = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = ", %.1f GiB RAM" % (int(line.split()[1]) / 1024 / 1024)
+                    break
+    except OSError:
+        pass
+    return "%s CPUs (%s)%s, %s %s (%s)" % (
+        os.cpu_count(),
+        model,
+        mem,
+        platform.system(),
+        platform.release(),
+        platform.node(),
+    )

@@ -53,7 +53,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import MiB, descendants, end_sessions, exit_execnet, fmt, rotate, source_revision
+from _common import (
+    MiB,
+    default_remote_python,
+    descendants,
+    end_sessions,
+    exit_execnet,
+    fmt,
+    rotate,
+    source_revision,
+)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
@@ -596,12 +605,6 @@ def code_fingerprint() -> str:
         except OSError:
             pass
     return h.hexdigest()[:12]
-
-
-def default_remote_python() -> str:
-    """A real interpreter path (not pyenv's shim, which costs 0.1-0.25 s per start)."""
-    base = getattr(sys, "_base_executable", "") or sys.executable
-    return base if os.path.exists(base) else "python3"
 
 
 # -- main --------------------------------------------------------------------------------------

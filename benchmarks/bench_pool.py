@@ -1,0 +1,987 @@
+#!/usr/bin/env python
+"""Pool benchmark: execpool.Pool against multiprocessing, concurrent.futures, loky and mpire, in one run.
+
+Every library runs the same workloads with 2 local worker processes, its
+variants alternated per repetition (the order rotates: A B C, B C A, ...) so
+that noise on a shared machine hits all alike.  Workloads 1-3 run on pools
+started once and warmed up (untimed); only the ``map`` call is timed:
+
+  trivial     100 000 x square(x), map with each library's default chunking
+  cpu         400 tasks of ~5 ms pure-Python work (a loop calibrated at start);
+              reference: the ideal, serial time (measured in the master) / 2
+  bytes       200 distinct 1 MiB ``bytes`` arguments (os.urandom, made up front);
+              the task returns len(); master -> worker transfer
+  start-up    a new pool, until the result of one trivial task is back (and, as
+              a second figure, also its close() + join() or shutdown())
+
+Then, over the tests' real sshd (``tests/sshd.py``, loopback, needs root), the
+same workloads for execpool with three ssh hosts (one worker each) and with
+``host-a//workers=2`` (two workers behind one ssh login), against local
+execpool in the same rotation.
+
+Run from the repository root::
+
+    python benchmarks/bench_pool.py            # full run, about 3-3.5 minutes
+    python benchmarks/bench_pool.py --quick    # smoke test, about 30 s
+    python benchmarks/bench_pool.py --no-ssh --only trivial,startup
+
+loky and mpire are optional (``pip install -e '.[bench]'``): without them their
+rows are skipped with a note.  The task functions live in ``_pool_tasks.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# This module's top level imports only the standard library and the benchmark's own small
+# modules: spawned workers (multiprocessing "spawn", loky) re-run it as __mp_main__, and should
+# pay what they pay for a small user script, not for importing every library measured here.
+import _pool_tasks as tasks
+from _common import (
+    MiB,
+    default_remote_python,
+    descendants,
+    end_sessions,
+    fmt,
+    machine_description,
+    rotate,
+    source_revision,
+)
+
+HERE = Path(__file__).resolve().parent
+TIMEOUT = 120.0  # seconds any one map or first result may take before it counts as a failure
+WORKERS = 2
+CPU_TASK_SECONDS = 0.005
+
+FULL = dict(
+    trivial_n=100_000,
+    trivial_reps=7,
+    cpu_n=400,
+    cpu_reps=5,
+    bytes_n=200,
+    bytes_reps=5,
+    startup_reps=15,
+    ssh_trivial_reps=5,
+    ssh_cpu_reps=3,
+    ssh_bytes_reps=5,
+    ssh_startup_reps=7,
+    chunksize1_part=20,
+)
+QUICK = dict(
+    trivial_n=20_000,
+    trivial_reps=2,
+    cpu_n=80,
+    cpu_reps=2,
+    bytes_n=40,
+    bytes_reps=2,
+    startup_reps=3,
+    ssh_trivial_reps=2,
+    ssh_cpu_reps=2,
+    ssh_bytes_reps=2,
+    ssh_startup_reps=2,
+    chunksize1_part=10,
+)
+
+# the libraries, imported by load_libraries() (not at the top level: see above)
+execpool: Any = None
+loky: Any = None
+mpire: Any = None
+
+
+def load_libraries() -> list[str]:
+    """Import execpool (installed, or the source tree next to this file), loky and mpire; notes on what is missing."""
+    global execpool, loky, mpire
+    try:
+        import execpool as ep
+    except ImportError:  # not installed: use the source tree next to this file
+        sys.path.insert(0, str(HERE.parent / "src"))
+        import execpool as ep
+    execpool = ep
+    notes = []
+    try:
+        import loky as lk
+
+        loky = lk
+    except ImportError:
+        notes.append("loky is not installed (pip install -e '.[bench]'): its rows are skipped")
+    try:
+        import mpire as mp
+
+        mpire = mp
+    except ImportError:
+        notes.append("mpire is not installed (pip install -e '.[bench]'): its rows are skipped")
+    return notes
+
+
+def package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+# -- the libraries ---------------------------------------------------------------------------
+
+
+class Lib:
+    """One pool implementation: start a pool, map, one task, stop (until its workers are gone)."""
+
+    name = ""
+    label = ""
+    workers = WORKERS
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def ready(self, pool: Any) -> None:
+        """Wait until every worker is up (for libraries that start them in the background)."""
+
+    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
+        raise NotImplementedError
+
+    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
+        raise NotImplementedError
+
+    def stop(self, pool: Any) -> None:
+        raise NotImplementedError
+
+    def describe(self, pool: Any) -> str:
+        """Something to say about a pool after the workloads (execpool: its worker stats)."""
+        return ""
+
+
+class ExecpoolLib(Lib):
+    def __init__(self, name: str, label: str, specs: Any, workers: int) -> None:
+        self.name = name
+        self.label = label
+        self.specs = specs
+        self.workers = workers
+
+    def start(self) -> Any:
+        return execpool.Pool(self.specs)
+
+    def ready(self, pool: Any) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            states = [s.state for s in pool.stats()]
+            if states.count("ready") >= self.workers:
+                return
+            if "failed" in states or time.monotonic() > deadline:
+                raise RuntimeError("%s: workers did not start: %r" % (self.name, pool.stats()))
+            time.sleep(0.005)
+
+    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(pool.map_async(func, items, chunksize).get(TIMEOUT))
+
+    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
+        return pool.apply_async(func, (arg,)).get(TIMEOUT)
+
+    def stop(self, pool: Any) -> None:
+        pool.close()
+        pool.join(TIMEOUT)
+
+    def describe(self, pool: Any) -> str:
+        return "; ".join(
+            "%s %s: %d tasks, busy %.2f s, idle %.2f s, sent %.1f MiB"
+            % (s.id, s.host or "?", s.tasks, s.busy, s.idle, s.bytes_sent / MiB)
+            for s in pool.stats()
+        )
+
+
+class MultiprocessingLib(Lib):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.name = "mp-" + method
+        self.label = "multiprocessing.Pool (%s)" % method
+
+    def start(self) -> Any:
+        return multiprocessing.get_context(self.method).Pool(WORKERS)
+
+    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(pool.map_async(func, items, chunksize).get(TIMEOUT))
+
+    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
+        return pool.apply_async(func, (arg,)).get(TIMEOUT)
+
+    def stop(self, pool: Any) -> None:
+        pool.close()
+        pool.join()
+
+
+class FuturesLib(Lib):
+    """concurrent.futures.ProcessPoolExecutor or loky.ProcessPoolExecutor: map's default chunksize is 1."""
+
+    def __init__(self, name: str, label: str, factory: Callable[[], Any]) -> None:
+        self.name = name
+        self.label = label
+        self.factory = factory
+
+    def start(self) -> Any:
+        return self.factory()
+
+    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(pool.map(func, items, timeout=TIMEOUT, chunksize=chunksize or 1))
+
+    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
+        return pool.submit(func, arg).result(TIMEOUT)
+
+    def stop(self, pool: Any) -> None:
+        pool.shutdown(wait=True)
+
+
+class MpireLib(Lib):
+    """mpire.WorkerPool with keep_alive=True: without it every map() starts and ends the workers."""
+
+    name = "mpire"
+    label = "mpire.WorkerPool"
+
+    def start(self) -> Any:
+        return mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True)
+
+    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(pool.map(func, items, chunk_size=chunksize))
+
+    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
+        return pool.apply(func, args=(arg,))
+
+    def stop(self, pool: Any) -> None:
+        pool.stop_and_join()
+
+
+def local_libs() -> list[Lib]:
+    import concurrent.futures
+
+    libs: list[Lib] = [
+        ExecpoolLib("execpool", "execpool.Pool", WORKERS, WORKERS),
+        MultiprocessingLib("fork"),
+        MultiprocessingLib("spawn"),
+        FuturesLib(
+            "cf",
+            "concurrent.futures (%s)" % multiprocessing.get_start_method(),
+            lambda: concurrent.futures.ProcessPoolExecutor(WORKERS),
+        ),
+    ]
+    if loky is not None:
+        libs.append(FuturesLib("loky", "loky.ProcessPoolExecutor", lambda: loky.ProcessPoolExecutor(WORKERS)))
+    if mpire is not None:
+        libs.append(MpireLib())
+    return libs
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+class Variant:
+    """One timed way of running a workload: a library's map with a chunksize, or the serial loop."""
+
+    def __init__(self, name: str, label: str, lib: Lib | None, chunksize: int | None = None, fraction: int = 1) -> None:
+        self.name = name
+        self.label = label
+        self.lib = lib
+        self.chunksize = chunksize
+        self.fraction = fraction  # runs 1/fraction of the items; its time is multiplied by fraction
+
+
+class Failures:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, exc: BaseException) -> None:
+        text = "%s: %s: %s" % (where, type(exc).__name__, exc)
+        self.items.append(text)
+        print("FAILED " + text, file=sys.stderr, flush=True)
+
+
+def start_pools(libs: list[Lib], warm: list[tuple[Callable[[Any], Any], list[Any]]], failures: Failures) -> dict:
+    """Start one pool per library and warm it up with a few tasks of each workload's function (untimed).
+
+    Returns name -> (pool, seconds from start until warmed up)."""
+    pools: dict[str, tuple[Any, float]] = {}
+    for lib in libs:
+        t0 = time.perf_counter()
+        try:
+            pool = lib.start()
+        except Exception as exc:
+            failures.add("%s: start" % lib.label, exc)
+            continue
+        try:
+            lib.ready(pool)
+            for func, items in warm:
+                lib.map(pool, func, items, 1)
+        except Exception as exc:
+            failures.add("%s: warm-up" % lib.label, exc)
+            stop_quietly(lib, pool, failures)
+            continue
+        pools[lib.name] = (pool, time.perf_counter() - t0)
+    return pools
+
+
+def stop_quietly(lib: Lib, pool: Any, failures: Failures) -> None:
+    try:
+        lib.stop(pool)
+    except Exception as exc:
+        failures.add("%s: stop" % lib.label, exc)
+
+
+def run_map(
+    variants: list[Variant],
+    pools: dict[str, tuple[Any, float]],
+    func: Callable[[Any], Any],
+    items: list[Any],
+    expected: list[Any],
+    reps: int,
+    failures: Failures,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time ``map(func, items)`` for every variant, ``reps`` times, in a rotating order.
+
+    Returns wall-clock seconds and the master's CPU seconds (all its threads) per run."""
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    cpu: dict[str, list[float]] = {v.name: [] for v in variants}
+    broken: set[str] = set()
+    for rep in range(reps):
+        for v in rotate(variants, rep):
+            if v.name in broken or (v.lib is not None and v.lib.name not in pools):
+                continue
+            part = items[: len(items) // v.fraction]
+            gc.collect()
+            try:
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                if v.lib is None:
+                    out = [func(x) for x in part]
+                else:
+                    out = v.lib.map(pools[v.lib.name][0], func, part, v.chunksize)
+                t = time.perf_counter() - t0
+                c = time.process_time() - c0
+                if out != expected[: len(part)]:
+                    raise AssertionError("wrong results (%d values, first %r)" % (len(out), out[:3]))
+            except Exception as exc:
+                failures.add("%s: %s" % (v.label, func.__name__), exc)
+                broken.add(v.name)
+                continue
+            times[v.name].append(t * v.fraction)
+            cpu[v.name].append(c * v.fraction)
+    return times, cpu
+
+
+def is_helper(cmdline: str) -> bool:
+    """multiprocessing's and loky's resource trackers: started once, kept for the master's lifetime."""
+    return "resource_tracker" in cmdline
+
+
+#: Children of this process that are not pool workers: the test sshd's listener (its sessions, with
+#: the remote workers in them, are below it and do count).
+NOT_WORKERS: set[int] = set()
+
+
+def workers_left() -> dict[int, str]:
+    """This process's descendants that belong to a pool: local workers, ssh clients, sshd sessions."""
+    return {pid: cmd for pid, cmd in descendants(os.getpid()).items() if not is_helper(cmd) and pid not in NOT_WORKERS}
+
+
+class Startup:
+    """What bench_startup measured, per library name."""
+
+    def __init__(self, libs: list[Lib]) -> None:
+        self.first: dict[str, list[float]] = {lib.name: [] for lib in libs}  # create + first result
+        self.full: dict[str, list[float]] = {lib.name: [] for lib in libs}  # ... + stop
+        self.cpu_first: dict[str, list[float]] = {lib.name: [] for lib in libs}  # master CPU, same spans
+        self.cpu_full: dict[str, list[float]] = {lib.name: [] for lib in libs}
+        self.phases: dict[str, dict[str, list[float]]] = {
+            lib.name: {"create": [], "first": [], "stop": []} for lib in libs
+        }
+        self.late: dict[str, list[str]] = {lib.name: [] for lib in libs}  # processes still there after stop()
+
+
+def bench_startup(libs: list[Lib], reps: int, warmup: bool, failures: Failures) -> Startup:
+    """Create + first result, and create + first result + stop, per library, ``reps`` times in a rotating order."""
+    out = Startup(libs)
+    broken: set[str] = set()
+
+    def once(lib: Lib, record: bool) -> None:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        pool = lib.start()
+        t1 = time.perf_counter()
+        try:
+            value = lib.first(pool, tasks.square, 3)
+            t2 = time.perf_counter()
+            c2 = time.process_time()
+        finally:
+            lib.stop(pool)
+        t3 = time.perf_counter()
+        c3 = time.process_time()
+        if value != 9:
+            raise AssertionError("wrong result %r" % (value,))
+        left = workers_left()  # stop() should return once the workers are gone
+        if left:
+            states = {pid: process_state(pid) for pid in left}
+            gone = not wait_gone_workers(10.0)
+            if record:
+                procs = ", ".join("pid %d [%s] %s" % (pid, states[pid], cmd[:40]) for pid, cmd in left.items())
+                out.late[lib.name].append(
+                    "%s; %s %.0f ms after stop() returned"
+                    % (procs, "gone" if gone else "still there", 1000 * (time.perf_counter() - t3))
+                )
+        if record:
+            out.first[lib.name].append(t2 - t0)
+            out.full[lib.name].append(t3 - t0)
+            out.cpu_first[lib.name].append(c2 - c0)
+            out.cpu_full[lib.name].append(c3 - c0)
+            for key, value in zip(("create", "first", "stop"), (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                out.phases[lib.name][key].append(value)
+
+    if warmup:  # one untimed run each: page caches, lazy imports, the resource trackers' start
+        for lib in libs:
+            try:
+                once(lib, False)
+            except Exception as exc:
+                failures.add("%s: start-up warm-up" % lib.label, exc)
+                broken.add(lib.name)
+    for rep in range(reps):
+        for lib in rotate(libs, rep):
+            if lib.name in broken:
+                continue
+            gc.collect()
+            try:
+                once(lib, True)
+            except Exception as exc:
+                failures.add("%s: start-up" % lib.label, exc)
+                broken.add(lib.name)
+                wait_gone_workers(10.0)
+    return out
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process (R, S, Z...; Linux /proc) or 'gone'."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+        return stat[stat.rfind(b")") + 2 :].split()[0].decode()
+    except (OSError, IndexError):
+        return "gone"
+
+
+def wait_gone_workers(seconds: float) -> dict[int, str]:
+    deadline = time.monotonic() + seconds
+    left = workers_left()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = workers_left()
+    return left
+
+
+def calibrate(seconds: float) -> int:
+    """The ``n`` for which ``spin(n)`` takes about ``seconds`` here (best of several runs)."""
+    n = 10_000
+    while True:
+        t = min(_timed(tasks.spin, n) for _ in range(5))
+        if t >= 0.002:
+            break
+        n *= 2
+    n = max(1, int(n * seconds / t))
+    t = min(_timed(tasks.spin, n) for _ in range(7))  # one more round at the final size
+    return max(1, int(n * seconds / t))
+
+
+def _timed(func: Callable[[Any], Any], arg: Any) -> float:
+    t0 = time.perf_counter()
+    func(arg)
+    return time.perf_counter() - t0
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+class Scenario:
+    """Rows of one workload: seconds per variant, shown in ms, with ratios to the reference row."""
+
+    def __init__(
+        self,
+        title: str,
+        times: dict[str, list[float]],
+        cpu: dict[str, list[float]],
+        labels: dict[str, str],
+        reference: str,
+        target: tuple[str, float] | None = None,
+        failed: set[str] | None = None,
+    ) -> None:
+        self.title = title
+        self.times = times
+        self.cpu = cpu
+        self.labels = labels
+        self.reference = reference
+        self.target = target  # (variant name, highest median ratio)
+        self.failed = failed or set()
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, name)
+
+    def stats(self, name: str) -> tuple[float, float] | None:
+        vals = self.times.get(name) or []
+        return (min(vals), statistics.median(vals)) if vals else None
+
+    def verdict(self) -> tuple[bool, bool, float, float] | None:
+        """(met on the median, met on the best, median ratio, best ratio) of the target row, if measurable."""
+        if self.target is None:
+            return None
+        ref, row = self.stats(self.reference), self.stats(self.target[0])
+        if ref is None or row is None:
+            return None
+        rb, rm = row[0] / ref[0], row[1] / ref[1]
+        return rm <= self.target[1], rb <= self.target[1], rm, rb
+
+
+LINE = "%-52s %4s | %9s %9s | %6s %6s | %9s | %-8s %s"
+
+
+def print_table(scenarios: list[Scenario]) -> None:
+    head = LINE % ("scenario / variant", "reps", "best", "median", "best", "median", "median", "target", "met")
+    print("%-57s | %-19s | %-13s | %-9s |" % ("", "time, ms", "ratio vs ref", "master"))
+    print("%-57s | %-19s | %-13s | %-9s |" % ("", "", "", "CPU, ms"))
+    print(head)
+    print("-" * len(head))
+    for sc in scenarios:
+        print("%s (ref: %s)" % (sc.title, sc.label(sc.reference)))
+        ref = sc.stats(sc.reference)
+        verdict = sc.verdict()
+        for name, vals in sc.times.items():
+            label = "  " + sc.label(name)
+            st = sc.stats(name)
+            if st is None:
+                print(LINE % (label, 0, "FAILED" if name in sc.failed else "-", "-", "-", "-", "-", "", ""))
+                continue
+            if ref is None:
+                rb_text = rm_text = "-"
+            elif name == sc.reference:
+                rb_text = rm_text = "ref"
+            else:
+                rb_text, rm_text = "%.2fx" % (st[0] / ref[0]), "%.2fx" % (st[1] / ref[1])
+            cpu = sc.cpu.get(name) or []
+            cpu_text = fmt(1000 * statistics.median(cpu)) if cpu else "-"
+            target = met = ""
+            if sc.target is not None and name == sc.target[0] and verdict is not None:
+                target = "<= %gx" % sc.target[1]
+                met = "yes" if verdict[0] else "NO"
+                if verdict[0] != verdict[1]:
+                    met += " (best: %s)" % ("yes" if verdict[1] else "no")
+            print(
+                LINE % (label, len(vals), fmt(1000 * st[0]), fmt(1000 * st[1]), rb_text, rm_text, cpu_text, target, met)
+            )
+    print("-" * len(head))
+    print(
+        "ratio = variant time / reference time; best = min over the reps, median = median; 'met' is judged on the\n"
+        "median ratio (and says so when the best ratio disagrees).  master CPU = CPU time of the benchmark process\n"
+        "(all its threads: the pool's own threads included, the workers not) over the same span."
+    )
+
+
+def summary_line(sc: Scenario) -> str:
+    verdict, ref, row = sc.verdict(), sc.stats(sc.reference), sc.stats(sc.target[0] if sc.target else "")
+    if sc.target is None:
+        return ""
+    if verdict is None or ref is None or row is None:
+        return "%s: not measured (failed)" % sc.title
+    return "%s: %s %s ms vs %s %s ms (medians) = %.2fx (best %.2fx), target <= %gx: %s" % (
+        sc.title,
+        sc.label(sc.target[0]),
+        fmt(1000 * row[1]),
+        sc.label(sc.reference),
+        fmt(1000 * ref[1]),
+        verdict[2],
+        verdict[3],
+        sc.target[1],
+        "met" if verdict[0] else "MISSED",
+    )
+
+
+# -- the two halves ------------------------------------------------------------------------
+
+
+def execpool_counters(libs: list[Lib], pools: dict[str, tuple[Any, float]]) -> dict[str, tuple[int, float]]:
+    """Tasks and busy seconds (measured by the workers) of each execpool pool so far."""
+    out = {}
+    for lib in libs:
+        if isinstance(lib, ExecpoolLib) and lib.name in pools:
+            stats = pools[lib.name][0].stats()
+            out[lib.name] = (sum(s.tasks for s in stats), sum(s.busy for s in stats))
+    return out
+
+
+def run_workloads(
+    prefix: str,
+    libs: list[Lib],
+    variants: dict[str, list[Variant]],
+    pools: dict[str, tuple[Any, float]],
+    data: dict[str, Any],
+    reps: dict[str, int],
+    ref: dict[str, str],
+    targets: dict[str, tuple[str, float]],
+    failures: Failures,
+) -> tuple[list[Scenario], list[str]]:
+    """Run workloads 1-3 (those in ``variants``) on started pools; one Scenario each, and notes."""
+    scenarios: list[Scenario] = []
+    notes: list[str] = []
+    titles = {
+        "trivial": "%strivial: %d x square(x), map" % (prefix, len(data["trivial"][0])),
+        "cpu": "%scpu: %d tasks of %.1f ms, map" % (prefix, len(data["cpu"][0]), 1000 * data["cpu_task"]),
+        "bytes": "%sbytes: %d distinct 1 MiB arguments, map" % (prefix, len(data["bytes"][0])),
+    }
+    funcs = {"trivial": tasks.square, "cpu": tasks.spin, "bytes": tasks.nbytes}
+    for key, vs in variants.items():
+        items, expected = data[key]
+        before = execpool_counters(libs, pools)
+        n_failed = len(failures.items)
+        t0 = time.perf_counter()
+        times, cpu = run_map(vs, pools, funcs[key], items, expected, reps[key], failures)
+        print("  %-40s [%.1f s]" % (titles[key], time.perf_counter() - t0), flush=True)
+        after = execpool_counters(libs, pools)
+        labels = {v.name: v.label for v in vs}
+        failed = {v.name for v in vs if not times[v.name]} if len(failures.items) > n_failed else set()
+        if key == "cpu":
+            if "serial" in times:
+                times = {"ideal": [t / WORKERS for t in times["serial"]], **times}
+                labels["ideal"] = "ideal: serial / %d" % WORKERS
+            per_task = [
+                "%s %.2f ms" % (name, 1000 * (after[name][1] - b[1]) / (after[name][0] - b[0]))
+                for name, b in before.items()
+                if name in after and after[name][0] > b[0]
+            ]
+            if per_task:
+                notes.append(
+                    "%scpu: time per task measured inside the execpool workers: %s (the same call in the master, "
+                    "median of 9 before the pools started: %.2f ms)"
+                    % (prefix, ", ".join(per_task), 1000 * data["cpu_task"])
+                )
+        scenarios.append(Scenario(titles[key], times, cpu, labels, ref[key], targets.get(key), failed))
+    return scenarios, notes
+
+
+def startup_scenarios(
+    prefix: str, libs: list[Lib], st: Startup, reference: str, target: tuple[str, float] | None
+) -> tuple[list[Scenario], list[str]]:
+    labels = {lib.name: lib.label for lib in libs}
+    scenarios = [
+        Scenario(prefix + "start-up: create + first result", st.first, st.cpu_first, labels, reference, target),
+        Scenario(prefix + "start-up + stop: create + first result + stop", st.full, st.cpu_full, labels, reference),
+    ]
+    notes = []
+    width = max(len(lib.label) for lib in libs)
+    for lib in libs:
+        ph = st.phases[lib.name]
+        if ph["create"]:
+            notes.append(
+                "%sstart-up phases, median ms, %-*s: create %.1f, first result %.1f, stop %.1f"
+                % (prefix, width, lib.label, *(1000 * statistics.median(ph[k]) for k in ("create", "first", "stop")))
+            )
+        for text in st.late[lib.name]:
+            notes.append("%s%s: worker processes left when stop() returned: %s" % (prefix, lib.label, text))
+    return scenarios, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="few repetitions and small sizes: a smoke test")
+    parser.add_argument("--no-ssh", action="store_true", help="local pools only (no sshd)")
+    parser.add_argument(
+        "--python",
+        default=default_remote_python(),
+        help="the interpreter of the ssh workers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only", default="trivial,cpu,bytes,startup", help="comma-separated subset of: trivial,cpu,bytes,startup"
+    )
+    args = parser.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - {"trivial", "cpu", "bytes", "startup"}
+    if unknown:
+        parser.error("unknown workload(s): %s" % ", ".join(sorted(unknown)))
+    p = QUICK if args.quick else FULL
+
+    t_start = time.perf_counter()
+    notes = load_libraries()
+    print("bench_pool  %s" % datetime.datetime.now().isoformat(timespec="seconds"))
+    print("machine: %s" % machine_description())
+    print("master : %s %s (%s)" % (platform.python_implementation(), platform.python_version(), sys.executable))
+    ep_dir = os.path.dirname(execpool.__file__)
+    rev = source_revision(ep_dir)
+    print("execpool %s (%s%s)" % (execpool.__version__, ep_dir, ", git " + rev if rev else ""))
+    for mod in (loky, mpire):
+        if mod is not None:
+            print("%-8s %s (%s)" % (mod.__name__, package_version(mod.__name__), os.path.dirname(mod.__file__)))
+    print(
+        "stdlib : multiprocessing, concurrent.futures; default start method here: %s"
+        % multiprocessing.get_start_method()
+    )
+    if hasattr(os, "getloadavg"):
+        print("load   : %.2f %.2f %.2f (1/5/15 min) on %s CPUs" % (*os.getloadavg(), os.cpu_count()))
+    print("mode   : %s" % ("quick (smoke test; figures not meaningful)" if args.quick else "full"))
+    print(flush=True)
+
+    failures = Failures()
+    scenarios: list[Scenario] = []
+    workloads = [w for w in ("trivial", "cpu", "bytes") if w in only]
+
+    # the workloads' data, made up front (untimed)
+    n_spin = calibrate(CPU_TASK_SECONDS)
+    spin_result = tasks.spin(n_spin)
+    task_time = statistics.median(_timed(tasks.spin, n_spin) for _ in range(9))
+    trivial_items = list(range(p["trivial_n"]))
+    blocks = [os.urandom(MiB) for _ in range(p["bytes_n"] if "bytes" in only else 4)]
+    data: dict[str, Any] = {
+        "trivial": (trivial_items, [x * x for x in trivial_items]),
+        "cpu": ([n_spin] * p["cpu_n"], [spin_result] * p["cpu_n"]),
+        "cpu_task": task_time,
+        "bytes": (blocks, [MiB] * len(blocks)),
+    }
+    notes.append(
+        "cpu task: spin(%d), calibrated to %.1f ms; median of 9 serial runs in the master %.2f ms"
+        % (n_spin, 1000 * CPU_TASK_SECONDS, 1000 * task_time)
+    )
+    warm = [(tasks.square, list(range(64))), (tasks.spin, [n_spin // 50] * 8), (tasks.nbytes, blocks[:4])]
+
+    # -- local ---------------------------------------------------------------------------------
+    libs = local_libs()
+    by_name = {lib.name: lib for lib in libs}
+    mp_chunk = -(-p["trivial_n"] // (4 * WORKERS))  # multiprocessing.Pool.map's automatic chunksize
+    part = p["chunksize1_part"]
+    print("== local: %d workers each ==" % WORKERS, flush=True)
+    if workloads:
+        ep = by_name["execpool"]
+        trivial_vs = [
+            Variant("execpool", "execpool.Pool (automatic chunks)", ep),
+            Variant("execpool-mp", "execpool.Pool, chunksize=%d (as mp)" % mp_chunk, ep, mp_chunk),
+            Variant("mp-fork", "multiprocessing.Pool (fork), default", by_name["mp-fork"]),
+            Variant("mp-spawn", "multiprocessing.Pool (spawn), default", by_name["mp-spawn"]),
+        ]
+        for name in ("cf", "loky"):
+            if name in by_name:
+                lib = by_name[name]
+                trivial_vs.append(Variant(name + "-1", lib.label + ", chunksize=1 (default) *", lib, 1, part))
+                trivial_vs.append(Variant(name, lib.label + ", chunksize=%d" % mp_chunk, lib, mp_chunk))
+        if "mpire" in by_name:
+            trivial_vs.append(Variant("mpire", "mpire.WorkerPool, default", by_name["mpire"]))
+        plain = [Variant(lib.name, lib.label, lib) for lib in libs]
+        variants: dict[str, list[Variant]] = {}
+        if "trivial" in only:
+            variants["trivial"] = trivial_vs
+        if "cpu" in only:
+            variants["cpu"] = [Variant("serial", "serial, in the master", None), *plain]
+        if "bytes" in only:
+            variants["bytes"] = plain
+        t0 = time.perf_counter()
+        pools = start_pools(libs, warm, failures)
+        print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t0), flush=True)
+        try:
+            scs, more = run_workloads(
+                "",
+                libs,
+                variants,
+                pools,
+                data,
+                {"trivial": p["trivial_reps"], "cpu": p["cpu_reps"], "bytes": p["bytes_reps"]},
+                {"trivial": "mp-fork", "cpu": "ideal", "bytes": "mp-fork"},
+                {"trivial": ("execpool", 1.0), "cpu": ("execpool", 1.05), "bytes": ("execpool", 1.0)},
+                failures,
+            )
+            scenarios += scs
+            notes += more
+            notes.append(
+                "workloads: one pool per library, started once and warmed up (%s, chunksize 1; untimed); only "
+                "map() is timed.  Start until warmed up, s: %s"
+                % (
+                    ", ".join("%d x %s" % (len(items), f.__name__) for f, items in warm),
+                    ", ".join("%s %.2f" % (name, t) for name, (_, t) in pools.items()),
+                )
+            )
+            if "execpool" in pools:
+                notes.append("execpool.Pool workers after the workloads: " + ep.describe(pools["execpool"][0]))
+        finally:
+            for lib in libs:
+                if lib.name in pools:
+                    stop_quietly(lib, pools[lib.name][0], failures)
+        if "trivial" in variants:
+            notes.append(
+                "trivial: * = chunksize=1 rows run 1/%d of the tasks (%d) and show their time x %d (the full %d "
+                "take 20-30 s per run here); chunksize=%d is multiprocessing.Pool.map's automatic size for %d "
+                "tasks (len / (4 x workers)); mpire's default: len / (64 x workers)"
+                % (part, p["trivial_n"] // part, part, p["trivial_n"], mp_chunk, p["trivial_n"])
+            )
+        if "cpu" in variants:
+            notes.append(
+                "cpu: serial = the same %d calls in a loop in the master, in the same rotation; ideal = serial / %d"
+                % (p["cpu_n"], WORKERS)
+            )
+        if "bytes" in variants:
+            notes.append(
+                "bytes: %d x os.urandom(1 MiB), made before the pools start; nbytes() returns len(data); default "
+                "chunking (multiprocessing's: %d MiB per chunk)" % (p["bytes_n"], -(-p["bytes_n"] // (4 * WORKERS)))
+            )
+    if "startup" in only:
+        t0 = time.perf_counter()
+        st = bench_startup(libs, p["startup_reps"], not args.quick, failures)
+        print("  %-40s [%.1f s]" % ("start-up", time.perf_counter() - t0), flush=True)
+        scs, more = startup_scenarios("", libs, st, "mp-spawn", ("execpool", 1.0))
+        scenarios += scs
+        notes += more
+        notes.append(
+            "start-up: %d runs per library%s, each a new pool; create = the constructor, first = one square(3) "
+            "(apply_async / submit / apply) until its result is back, stop = close() + join() / shutdown(wait=True) "
+            "/ stop_and_join(), which return once the workers have exited"
+            % (p["startup_reps"], "" if args.quick else ", after one untimed warm-up run each")
+        )
+    notes.append(
+        "loky: a new loky.ProcessPoolExecutor(2) per pool (not get_reusable_executor, which hands back a running "
+        "one); mpire: WorkerPool(n_jobs=2, keep_alive=True) (without keep_alive every map() starts and stops its "
+        "workers); concurrent.futures and mpire use the default start method (%s)" % multiprocessing.get_start_method()
+    )
+
+    # -- ssh -----------------------------------------------------------------------------------
+    left_remote: dict[int, str] = {}
+    reason = "--no-ssh given" if args.no_ssh else None
+    if reason is None:
+        sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
+        from sshd import SshServer, sshd_missing_reason
+
+        reason = sshd_missing_reason()
+    print()
+    if reason is not None:
+        print("== over ssh: skipped (%s) ==" % reason)
+        notes.append("ssh: skipped (%s)" % reason)
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench_pool-")
+        server = None
+        try:
+            server = SshServer.start(Path(tmp) / "sshd")
+            if server.proc is not None:
+                NOT_WORKERS.add(server.proc.pid)
+            extra = "//python=%s" % args.python
+            hosts = [server.spec(h, extra) for h in ("host-a", "host-b", "host-c")]
+            pair = server.spec("host-a", extra + "//workers=2")
+            ssh_libs: list[Lib] = [
+                ExecpoolLib("execpool", "execpool.Pool(2), local", WORKERS, WORKERS),
+                ExecpoolLib("ssh-3", "execpool ssh: host-a, host-b, host-c", hosts, 3),
+                ExecpoolLib("ssh-a2", "execpool ssh: host-a//workers=2", [pair], 2),
+            ]
+            print(
+                "== over ssh: %s on %s, port %d (host-a, host-b, host-c), same machine; remote python %s =="
+                % (
+                    server.proc.args[0] if server.proc else "sshd",
+                    ", ".join(server.hosts[h] for h in ("host-a", "host-b", "host-c")),
+                    server.port,
+                    args.python,
+                )
+            )
+            config = str(server.ssh_config)
+            print("spec   : [%s]" % ", ".join(hosts).replace(config, "CONFIG"))
+            print("spec   : [%s]" % pair.replace(config, "CONFIG"))
+            print("CONFIG : %s" % config, flush=True)
+            if workloads:
+                plain = [Variant(lib.name, lib.label, lib) for lib in ssh_libs]
+                t0 = time.perf_counter()
+                pools = start_pools(ssh_libs, warm, failures)
+                print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t0), flush=True)
+                try:
+                    scs, more = run_workloads(
+                        "ssh ",
+                        ssh_libs,
+                        dict.fromkeys(workloads, plain),
+                        pools,
+                        data,
+                        {"trivial": p["ssh_trivial_reps"], "cpu": p["ssh_cpu_reps"], "bytes": p["ssh_bytes_reps"]},
+                        dict.fromkeys(workloads, "execpool"),
+                        {},
+                        failures,
+                    )
+                    notes += more
+                    notes.append(
+                        "ssh workloads: pools started once and warmed up as the local ones; start until warmed "
+                        "up, s: %s" % ", ".join("%s %.2f" % (name, t) for name, (_, t) in pools.items())
+                    )
+                    for lib in ssh_libs[1:]:
+                        if lib.name in pools:
+                            notes.append("%s workers: %s" % (lib.label, lib.describe(pools[lib.name][0])))
+                    local_cpu = next((sc for sc in scenarios if sc.title.startswith("cpu")), None)
+                    ssh_cpu = next((sc for sc in scs if sc.title.startswith("ssh cpu")), None)
+                    ideal = local_cpu.stats("ideal") if local_cpu is not None else None
+                    if ssh_cpu is not None and ideal is not None:
+                        notes.append(
+                            "ssh cpu, median ratio to the ideal of the local cpu rows (%s ms): %s"
+                            % (
+                                fmt(1000 * ideal[1]),
+                                ", ".join(
+                                    "%s %.2fx" % (name, statistics.median(vals) / ideal[1])
+                                    for name, vals in ssh_cpu.times.items()
+                                    if vals
+                                ),
+                            )
+                        )
+                    scenarios += scs
+                finally:
+                    for lib in ssh_libs:
+                        if lib.name in pools:
+                            stop_quietly(lib, pools[lib.name][0], failures)
+            if "startup" in only:
+                t0 = time.perf_counter()
+                st = bench_startup(ssh_libs, p["ssh_startup_reps"], not args.quick, failures)
+                print("  %-40s [%.1f s]" % ("start-up", time.perf_counter() - t0), flush=True)
+                scs, more = startup_scenarios("ssh ", ssh_libs, st, "execpool", None)
+                scenarios += scs
+                notes += more
+                notes.append(
+                    "ssh start-up: %d runs each%s; every run logs in anew (one ssh connection per host)"
+                    % (p["ssh_startup_reps"], "" if args.quick else ", after one untimed warm-up run each")
+                )
+        finally:
+            if server is not None:
+                if server.proc is not None:
+                    left_remote = end_sessions(server.proc.pid)
+                server.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- the table -----------------------------------------------------------------------------
+    print()
+    print_table(scenarios)
+    for n in notes:
+        print("  " + n)
+    print("summary:")
+    for sc in scenarios:
+        if sc.target is not None:
+            print("  " + summary_line(sc))
+    for f in failures.items:
+        print("  FAILED: " + f)
+    left_local = wait_gone_workers(2.0)
+    helpers = [pid for pid, cmd in descendants(os.getpid()).items() if is_helper(cmd)]
+    print("  leftover local child processes: %s" % (left_local or "none"))
+    if helpers:
+        print(
+            "  (not counted: %d resource tracker(s) of multiprocessing / loky, kept until this process ends)"
+            % len(helpers)
+        )
+    if reason is None:
+        print("  leftover sshd sessions or workers: %s" % (left_remote or "none"))
+    if hasattr(os, "getloadavg"):
+        print("  load at the end: %.2f %.2f %.2f" % os.getloadavg())
+    print("  total benchmark time: %.1f s" % (time.perf_counter() - t_start))
+    return 1 if left_local or left_remote or failures.items else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
