@@ -151,11 +151,12 @@ class Lib:
     def ready(self, pool: Any) -> None:
         """Wait until every worker is up (for libraries that start them in the background)."""
 
+    # The multiprocessing.Pool API, which execpool.Pool shares; other libraries override these.
     def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
-        raise NotImplementedError
+        return list(pool.map_async(func, items, chunksize).get(TIMEOUT))
 
     def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
-        raise NotImplementedError
+        return pool.apply_async(func, (arg,)).get(TIMEOUT)
 
     def stop(self, pool: Any) -> None:
         raise NotImplementedError
@@ -185,12 +186,6 @@ class ExecpoolLib(Lib):
                 raise RuntimeError("%s: workers did not start: %r" % (self.name, pool.stats()))
             time.sleep(0.005)
 
-    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
-        return list(pool.map_async(func, items, chunksize).get(TIMEOUT))
-
-    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
-        return pool.apply_async(func, (arg,)).get(TIMEOUT)
-
     def stop(self, pool: Any) -> None:
         pool.close()
         pool.join(TIMEOUT)
@@ -211,12 +206,6 @@ class MultiprocessingLib(Lib):
 
     def start(self) -> Any:
         return multiprocessing.get_context(self.method).Pool(WORKERS)
-
-    def map(self, pool: Any, func: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> list[Any]:
-        return list(pool.map_async(func, items, chunksize).get(TIMEOUT))
-
-    def first(self, pool: Any, func: Callable[[Any], Any], arg: Any) -> Any:
-        return pool.apply_async(func, (arg,)).get(TIMEOUT)
 
     def stop(self, pool: Any) -> None:
         pool.close()
