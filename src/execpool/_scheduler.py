@@ -258,7 +258,8 @@ class Scheduler:
         self.state = "running"  # -> closing -> closed | terminated
         self.errors: list[str] = []
         self.needs_mine: set[Job] = set()  # jobs that only a worker of the master's Python can run
-        self.task_times: dict[str, float] = {}  # function -> seconds per task, from its last job
+        # function -> (seconds per task, pickled bytes per task) from its last job
+        self.task_times: dict[str, tuple[float, float]] = {}
         self.broken: BaseException | None = None  # set when no worker is left: every job fails with it
         self.starting = 0  # start-ups in progress (hosts being expanded, workers starting)
         self.finished = threading.Event()
@@ -611,7 +612,9 @@ class Scheduler:
                 job.fail(self.broken)
                 job.finish()
             else:
-                job.prior = self.task_times.get(job.describe())
+                prior = self.task_times.get(job.describe())
+                if prior is not None:
+                    job.prior, job.bytes_per_item = prior
                 self.jobs.append(job)
                 if job.by_value:
                     self.needs_mine.add(job)
@@ -735,7 +738,7 @@ class Scheduler:
         key = job.describe()
         if key not in self.task_times and len(self.task_times) >= 256:
             self.task_times.pop(next(iter(self.task_times)))
-        self.task_times[key] = job.busy / job.measured
+        self.task_times[key] = (job.busy / job.measured, job.bytes_per_item)
 
     def _deliver(self, job: Job, chunk: _Chunk, values: list[Any], errs: dict[int, BaseException]) -> None:
         n = len(chunk.indices)
