@@ -24,6 +24,29 @@ INTERPRETERS = execpool.find_interpreters()
 SUPPORTED = [(3, minor) for minor in range(8, 14)]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="also run the long variants (tests marked slow: long fuzzing, fault repeats, leak and soak runs)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="a long variant: run with --long")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True under --long: tests that scale (repeats, cycles, examples) use their long sizes."""
+    return bool(request.config.getoption("--long"))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     found = ", ".join("%s (%s)" % (i.short_version, i.path) for i in INTERPRETERS) or "none"
     return "execpool worker interpreters: " + found
