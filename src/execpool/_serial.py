@@ -194,8 +194,33 @@ def loads(data: bytes | bytearray | memoryview, channel_for_id: Callable[[int], 
     if channel_for_id is not None:
         u.channel_for_id = channel_for_id
     try:
-        return u.load()
+        value = u.load()
     except DataFormatError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, TypeError, MemoryError, ...
         raise DataFormatError("malformed channel data (%s: %s)" % (type(exc).__name__, exc)) from None
+    # READONLY_BUFFER turns a bytes-like value into a memoryview without asking find_class;
+    # dumps never writes it.  Its byte is rare enough that looking only then costs nothing.
+    if b"\x98" in data and _holds_memoryview(value):
+        raise DataFormatError("refused a memoryview (READONLY_BUFFER opcode): channel data holds only builtin values")
+    return value
+
+
+def _holds_memoryview(value: Any) -> bool:
+    stack = [value]
+    seen = set()
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is memoryview:
+            return True
+        if t in (list, tuple, set, frozenset, dict):
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if t is dict:
+                stack.extend(v.keys())
+                stack.extend(v.values())
+            else:
+                stack.extend(v)
+    return False
