@@ -125,6 +125,7 @@ class Job:
     """
 
     limit: int | None = None  # most tasks pulled but not yet consumed (streams only)
+    throttled = False  # set by the scheduler while a stream waits for its consumer
 
     def __init__(
         self,
@@ -974,8 +975,13 @@ class Scheduler:
                 if job.done():
                     finished.append(job)
                 continue
-            if job.limit is not None and job.outstanding() >= job.limit:  # an imap ahead of its consumer
-                continue
+            if job.limit is not None:  # an imap: not more than ``limit`` tasks ahead of its consumer
+                # Flag first, then look: a consumer that takes a result after the flag is set
+                # wakes us; one that took it before is seen in outstanding() (no lost wake-up).
+                job.throttled = True
+                if job.outstanding() >= job.limit:
+                    continue
+                job.throttled = False
             n = self._chunk_size(job, w, nworkers)
             if job.limit is not None:
                 n = min(n, job.limit - job.outstanding())

@@ -230,9 +230,9 @@ class IMapIterator(Job):
         except KeyboardInterrupt:
             self._interrupt()
             raise
-        was_full = self.outstanding() >= IMAP_AHEAD
         self.consumed += 1
-        if was_full:
+        if self.throttled:  # the scheduler waits for room ahead of this consumer: there is some now
+            self.throttled = False
             self._sched.wake()
         if type(value) is _Failed:
             raise value.exc
