@@ -326,14 +326,19 @@ class BaseGateway:
     def _end_connection(self, reason: str) -> None:
         reason = self._describe_end(reason)
         _trace.trace("connection", self.id, "ended:", reason)
-        with self._chan_lock:
-            self._lost = reason
-            channels = list(self._channels.values())
-            self._channels.clear()
-        for ch in channels:
-            ch._on_lost(reason)
-        self._ended.set()
-        self._connection_ended(reason)
+        try:
+            with self._chan_lock:
+                self._lost = reason
+                channels = list(self._channels.values())
+                self._channels.clear()
+            for ch in channels:
+                try:
+                    ch._on_lost(reason)
+                except BaseException as exc:  # one channel's callback must not keep the rest from ending
+                    _trace.trace("ending", ch, "raised", repr(exc))
+        finally:
+            self._ended.set()
+            self._connection_ended(reason)  # on a worker: shutdown, which must happen whatever failed above
 
     def _describe_end(self, reason: str) -> str:
         return reason

@@ -197,12 +197,13 @@ class WorkerGateway(BaseGateway):
                 return
             self._shutting_down = True
             busy = self._main_busy
+        # The watchdog first: whatever happens below, the process ends within the grace period.
+        t = threading.Thread(target=self._watchdog, name="execpool-watchdog", daemon=True)
+        t.start()
         _trace.trace("worker shutting down:", reason)
         self._main_jobs.put(None)
         if busy:
             _interrupt_main_thread()
-        t = threading.Thread(target=self._watchdog, name="execpool-watchdog", daemon=True)
-        t.start()
 
     def _watchdog(self) -> None:
         import time
