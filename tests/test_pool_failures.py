@@ -463,3 +463,15 @@ def test_executor_submit_after_shutdown_raises_runtime_error() -> None:
             executor.map(tasks.square_slowly, [1, 2])
     finally:
         executor.pool.terminate()
+
+
+@pytest.mark.timeout(120)
+def test_a_replaced_worker_leaves_no_dead_gateway_in_the_group(cleanup: list[execpool.Pool]) -> None:
+    pool = execpool.Pool(2)
+    cleanup.append(pool)
+    for _ in range(2):
+        victim = ready_pids(pool, 2)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda victim=victim: victim not in ready_pids(pool, 2), timeout=HANG_GUARD)
+    assert wait_until(lambda: len(pool.group) == 2 and all(gw.alive for gw in pool.group), timeout=HANG_GUARD)
+    assert pool.map(tasks.square_slowly, range(4)) == [0, 1, 4, 9]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -96,3 +97,17 @@ def test_several_workers_on_one_ssh_host_share_one_connection(sshd_server: SshSe
     # one ssh client process for all four workers
     assert ssh._transport is not None and all(s._transport is not ssh._transport for s in subs)
     assert sum(type(gw._transport).__name__ == "PopenTransport" for gw in group) == 1
+
+
+def test_the_via_gateway_keeps_no_relay_behind_for_workers_that_ended() -> None:
+    g = execpool.Group()
+    try:
+        relay = g.makegateway("popen//id=relay")
+        for _ in range(3):
+            w = g.makegateway("popen//via=relay")
+            os.kill(w.remote_info().pid, signal.SIGKILL)
+            with pytest.raises(execpool.GatewayLostError, match=r"exit status|killed"):
+                w.remote_exec("channel.receive()").receive(30)
+        assert wait_until(lambda: relay.remote_status().numexecuting == 0)
+    finally:
+        g.terminate(5)

@@ -202,9 +202,18 @@ class RelayTransport(StderrRelay):
             self._set_status(int(item[1]))
 
     def _set_status(self, status: int | None) -> None:
+        """Record the worker's exit status; None: unknown (the via gateway's connection is gone)."""
         if not self.status_known.is_set():
-            self.status = status if status is not None else -9
+            self.status_unknown = status is None
+            self.status = status if status is not None else -9  # ended, as far as this side can tell
             self.status_known.set()
+            if self.chan is not None:
+                # The worker has exited (its output all came before its status): closing the
+                # channel ends the relay's loop on the via gateway, so it keeps no thread behind.
+                try:
+                    self.chan.close()
+                except OSError:
+                    pass
 
     def poll(self) -> int | None:
         return self.status if self.status_known.is_set() else None

@@ -62,9 +62,9 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _payload, _poolworker
+from . import _payload, _poolworker, _trace
 from ._channel import Channel
-from ._errors import ExecpoolError, GatewayStartError, TimeoutError, WorkerLost
+from ._errors import ExecpoolError, GatewayStartError, InterpreterNotFound, TimeoutError, WorkerLost
 from ._xspec import XSpec
 from .gateway import Gateway
 from .group import Group
@@ -82,6 +82,8 @@ CHUNK_BYTES = 4 * 1024 * 1024
 #: less than this many seconds, or less than PREFETCH_RTTS round trips to it.
 PREFETCH_BELOW = 0.005
 PREFETCH_RTTS = 50
+#: Pauses between attempts to restart a worker whose host could not be reached.
+REPLACE_RETRY_DELAYS = (1.0, 2.0, 4.0)
 #: Seconds a worker may take to start (gateway, rsync, initializer excluded).
 START_TIMEOUT = 60.0
 
@@ -360,11 +362,7 @@ class Scheduler:
         gen = w.gen
         try:
             if gw is None or not gw.alive:
-                if w.host is not None:
-                    gw = self.group.makegateway(w.host.worker_spec(), start_timeout=START_TIMEOUT)
-                else:
-                    gw = self.group.makegateway(_strip_pool_keys(w.spec), start_timeout=START_TIMEOUT)
-                w.gw = gw
+                gw = w.gw = self._new_gateway(w)
             if self.state != "running" and self.state != "closing":
                 raise PoolTerminated("the pool was terminated while this worker started")
             paths, chdir = self._prepare(gw)
@@ -406,6 +404,21 @@ class Scheduler:
             if gw is not None:
                 threading.Thread(target=gw.exit, args=(2.0,), daemon=True).start()
             self.events.put(("startfail", w, exc))
+
+    def _new_gateway(self, w: _Worker) -> Gateway:
+        """Start the worker's gateway.  A replacement tries again after 1, 2 and 4 s when its
+        host cannot be reached: a connection that just failed is often back a moment later."""
+        delays = list(REPLACE_RETRY_DELAYS) if w.replacing else []
+        while True:
+            try:
+                if w.host is not None:
+                    return self.group.makegateway(w.host.worker_spec(), start_timeout=START_TIMEOUT)
+                return self.group.makegateway(_strip_pool_keys(w.spec), start_timeout=START_TIMEOUT)
+            except (GatewayStartError, OSError) as exc:
+                if not delays or self.state not in ("running", "closing") or isinstance(exc, InterpreterNotFound):
+                    raise
+                _trace.trace("pool worker", w.stats.id, "could not restart:", exc, "- trying again")
+                time.sleep(delays.pop(0))
 
     def _post_message(self, w: _Worker, gen: int, msg: Any) -> None:
         self.events.put(("msg", w, msg, gen))
@@ -817,6 +830,10 @@ class Scheduler:
             self._check_alive()
 
     def _replace(self, w: _Worker) -> None:
+        old = w.gw
+        if old is not None:  # end what is left of it (and take it out of the group)
+            threading.Thread(target=old.exit, args=(1.0,), daemon=True).start()
+        w.replacing = True
         w.gw = None
         w.ch = None
         w.killed = False
@@ -1137,6 +1154,7 @@ class _Worker:
         self.ready_at: float | None = None
         self.busy_since_ready = 0.0
         self.gen = 0  # incremented at each start: messages of an earlier gateway are ignored
+        self.replacing = False  # a start after a loss: retried if the host is unreachable
 
 
 class _Host:

@@ -339,9 +339,17 @@ class Gateway(BaseGateway):
         if transport is None or self._exiting or self._hello is None:
             return reason
         status = transport.wait(0.2)
-        if status is not None:
-            reason = "%s; worker pid %s: %s" % (reason, transport.pid, describe_status(status))
-        return reason
+        if status is None:
+            return reason
+        if getattr(transport, "status_unknown", False):
+            return "%s; worker pid %s: exit status unknown (the connection of its via gateway %s was lost)" % (
+                reason,
+                transport.pid,
+                self.spec.via,
+            )
+        # With the OpenSSH client the local process is ssh itself, not the remote worker.
+        what = "ssh client pid" if self.spec.ssh and self.spec.via is None else "worker pid"
+        return "%s; %s %s: %s" % (reason, what, transport.pid, describe_status(status))
 
     def _connection_ended(self, reason: str) -> None:
         if self._hello is None:
