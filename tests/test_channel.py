@@ -166,8 +166,8 @@ def test_a_failing_callback_closes_the_channel_with_its_error(
         raise RuntimeError("callback failed")
 
     ch.setcallback(bad)
-    ch.waitclose(10)
-    assert wait_until(lambda: "REMOTE SAW RuntimeError: callback failed" in capsys.readouterr().err, timeout=10)
+    ch.waitclose(30)
+    assert wait_until(lambda: "REMOTE SAW RuntimeError: callback failed" in capsys.readouterr().err, timeout=30)
 
 
 def test_callback_runs_in_the_reader_thread_for_live_items(gw: execpool.Gateway) -> None:
