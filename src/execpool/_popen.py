@@ -150,6 +150,17 @@ class PopenTransport(StderrRelay):
         self.proc.stdout.close()
         return io
 
+    def drain_stderr(self, timeout: float = 2.0, emit: bool = True) -> None:
+        super().drain_stderr(timeout, emit)
+        # Once the relay has read stderr to its end, close the pipe now rather than when the
+        # garbage collector frees the Popen (a pool's objects form cycles): no fd waits for it.
+        pump = self._pump
+        if self.proc is not None and self.proc.stderr is not None and (pump is None or not pump.is_alive()):
+            try:
+                self.proc.stderr.close()
+            except OSError:
+                pass
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
