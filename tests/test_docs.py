@@ -22,3 +22,23 @@ def test_docs_build_cleanly(builder: str, tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def test_every_test_the_guarantees_page_names_exists() -> None:
+    """docs/guarantees.rst names the tests that prove each guarantee: they must exist."""
+    import re
+
+    text = (DOCS / "guarantees.rst").read_text()
+    tests = DOCS.parent / "tests"
+    current = None
+    named = 0
+    for m in re.finditer(r"``(test_\w+\.py)?::(test_\w+)``|``(test_\w+\.py)``", text):
+        if m.group(3):  # a whole file
+            assert (tests / m.group(3)).exists(), m.group(3)
+            continue
+        current = m.group(1) or current
+        assert current is not None, m.group(0)
+        source = (tests / current).read_text()
+        assert re.search(r"^def %s\(" % m.group(2), source, re.M), "%s::%s" % (current, m.group(2))
+        named += 1
+    assert named >= 20
