@@ -474,14 +474,7 @@ GATEWAY_CELLS = {
     "garbage": gateway_garbage,
 }
 
-KNOWN_BUGS_SIGSTOP = {
-    "ssh": (
-        LeftOver,
-        "gw.exit() on an ssh gateway kills only the local ssh client (gateway.py Gateway._finish_exit, "
-        "_popen.py PopenTransport.kill): the stopped remote worker never reads TERMINATE or EOF and sshd "
-        "does not signal it, so it is left over, stopped, for good",
-    ),
-}
+KNOWN_BUGS_SIGSTOP: dict[str, tuple[type[BaseException], str]] = {}  # the stopped ssh worker is killed now
 KNOWN_BUGS_SSH_KILL: dict[str, tuple[type[BaseException], str]] = {}  # the "killed by SIGKILL" one is fixed
 
 

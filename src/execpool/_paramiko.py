@@ -211,6 +211,14 @@ class ParamikoTransport(StderrRelay):
             self.chan.status_event.wait(remaining)
         return self.poll()
 
+    def run_command(self, command: str, timeout: float) -> None:
+        """Run a shell command on the host over a new channel of this connection (while it lasts)."""
+        client = self.client
+        if client is None:
+            return
+        _, stdout, _ = client.exec_command(command, timeout=timeout)
+        stdout.channel.recv_exit_status()
+
     def kill(self) -> None:
         """Close the session and connection: sshd then ends the remote command."""
         self._killed = True

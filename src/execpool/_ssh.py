@@ -80,7 +80,13 @@ def ssh_argv(spec: XSpec, bootstrap: str) -> tuple[list[str], str]:
             "or use sshbackend=paramiko" % str(spec)
         )
     host, port = split_target(spec.ssh)
-    python = remote_python(spec)
+    display = "ssh %s%s %s" % (host, " -p " + port if port else "", remote_python(spec))
+    return ssh_command_argv(ssh, spec, remote_command(spec, bootstrap)), display
+
+
+def ssh_command_argv(ssh: str, spec: XSpec, command: str) -> list[str]:
+    """The OpenSSH command line that runs ``command`` (a shell command line) on the spec's host."""
+    host, port = split_target(spec.ssh)
     argv = [ssh, "-T", "-x", "-e", "none"]
     argv += ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
     if isinstance(spec.ssh_config, str):
@@ -88,9 +94,13 @@ def ssh_argv(spec: XSpec, bootstrap: str) -> tuple[list[str], str]:
     if port:
         argv += ["-p", port]
     # ssh joins everything after the host into one command for the remote login shell
-    argv += [host, "--", remote_command(spec, bootstrap)]
-    display = "ssh %s%s %s" % (host, " -p " + port if port else "", python)
-    return argv, display
+    return [*argv, host, "--", command]
+
+
+def kill_remote_worker_command(pid: int) -> str:
+    """A shell command that SIGKILLs remote process ``pid`` only if it still is an execpool worker
+    (its command line holds the bootstrap's version check), so a reused pid is left alone."""
+    return "grep -q 'sys.version_info<(3,8)' /proc/%d/cmdline 2>/dev/null && kill -9 %d" % (pid, pid)
 
 
 def classify_failure(status: int | None, stderr: str, where: str, command: str) -> GatewayStartError | None:

@@ -454,11 +454,35 @@ class Gateway(BaseGateway):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if transport is not None and transport.wait(remaining) is None:
             _trace.trace("gateway", self.id, "did not exit in time; killing it")
+            self._kill_remote_worker()
             transport.kill()
             transport.wait(None)
         self._close_io()
         if transport is not None:
             transport.drain_stderr()
+
+    def _kill_remote_worker(self) -> None:
+        """Killing the local ssh client does not end a remote worker that cannot read (stopped,
+        or stuck in C code holding the GIL): sshd does not signal a command without a terminal.
+        So over a new login (OpenSSH) or a new channel (paramiko), SIGKILL it by pid."""
+        if not self.spec.ssh or self.spec.via is not None or self._info is None:
+            return
+        from ._ssh import kill_remote_worker_command, ssh_command_argv
+
+        command = kill_remote_worker_command(self._info.pid)
+        try:
+            if choose_backend(self.spec) == "openssh":
+                import shutil
+                import subprocess
+
+                ssh = shutil.which("ssh")
+                if ssh:
+                    subprocess.run(ssh_command_argv(ssh, self.spec, command), capture_output=True, timeout=15)
+            else:
+                transport: Any = self._transport
+                transport.run_command(command, timeout=15)
+        except Exception as exc:  # best effort: the local side is killed anyway
+            _trace.trace("could not kill the remote worker of", self.id, exc)
 
     def _kill_and_close(self) -> None:
         with self._exit_lock:
