@@ -425,6 +425,7 @@ def test_progress_bar_reaches_the_total(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_stats_account_for_every_task(pool: execpool.Pool) -> None:
+    assert wait_until(lambda: all_ready(pool, 2), timeout=60)  # a loaded machine may start one late
     before = sum(s.tasks for s in pool.stats())
     pool.map(tasks.square, range(500))
     stats = pool.stats()

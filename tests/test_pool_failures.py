@@ -239,7 +239,8 @@ def test_maxtasksperchild_replaces_workers_and_ends_the_old_ones(cleanup: list[e
     # the incarnations that reached their quota were retired: their processes end
     finished = [pid for pid, count in served.items() if count == 2]
     assert wait_until(lambda: all(process_gone(pid) for pid in finished)), finished
-    assert sum(s.restarts for s in pool.stats()) >= len(finished)
+    # (the last retirement may follow the last result by a moment)
+    assert wait_until(lambda: sum(s.restarts for s in pool.stats()) >= len(finished)), pool.stats()
     pool.close()
     pool.join(HANG_GUARD)
     assert wait_until(lambda: all(process_gone(pid) for pid in served))
