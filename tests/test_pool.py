@@ -301,6 +301,19 @@ def test_modules_the_worker_lacks_are_served_from_the_master(tmp_path: Path) -> 
             del sys.modules[m]
 
 
+def test_by_value_functions_use_the_masters_cloudpickle_even_where_another_is_installed(tmp_path: Path) -> None:
+    fake = tmp_path / "site" / "cloudpickle"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('an old cloudpickle that cannot load this')\n")
+    spec = "popen//env:PYTHONPATH=%s" % fake.parent
+    with execpool.Pool([spec]) as p:
+        assert str(fake.parent) in p.apply(tasks.module_attr, ("sys", "path"))  # the old one is importable
+        k = 3
+        assert p.map(lambda x: x * k, [1, 2]) == [3, 6]
+        origin = p.apply(tasks.module_attr, ("cloudpickle", "__file__"))
+        assert not origin.startswith(str(fake.parent))
+
+
 def test_without_module_serving_a_missing_module_is_an_import_error(tmp_path: Path) -> None:
     _write_package(tmp_path, "served_pkg_b", 2)
     sys.path.insert(0, str(tmp_path))

@@ -67,15 +67,23 @@ class _ServedLoader(importlib.abc.Loader):
 
 
 class MasterFinder(importlib.abc.MetaPathFinder):
-    """Finds modules by asking the master over ``channel`` (last on ``sys.meta_path``)."""
+    """Finds modules by asking the master over ``channel`` (last on ``sys.meta_path``).
 
-    def __init__(self, channel: Any) -> None:
+    With ``only``, it answers just for those top-level packages and goes first: the
+    master's cloudpickle must load what the master's cloudpickle wrote, even where
+    the worker has another version installed.
+    """
+
+    def __init__(self, channel: Any, only: Any = None, answers: Any = None, lock: Any = None) -> None:
         self.channel = channel
-        self.lock = threading.RLock()
-        self.answers: Dict[str, Any] = {}
+        self.only = frozenset(only) if only else None
+        self.lock = lock if lock is not None else threading.RLock()
+        self.answers: Dict[str, Any] = answers if answers is not None else {}
         self.broken: Optional[BaseException] = None
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if self.only is not None and fullname.partition(".")[0] not in self.only:
+            return None
         with self.lock:
             if fullname in self.answers:
                 answer = self.answers[fullname]
@@ -222,7 +230,10 @@ def main(channel: Any) -> None:
     config = channel.receive()
     modules = config.get("modules")
     if modules is not None:
-        sys.meta_path.append(MasterFinder(modules))
+        last = MasterFinder(modules)
+        sys.meta_path.append(last)
+        if config.get("prefer"):  # shares the request lock and the answers with the last one
+            sys.meta_path.insert(0, MasterFinder(modules, config["prefer"], last.answers, last.lock))
     for d in reversed(config.get("path", ())):
         if d not in sys.path:
             sys.path.insert(0, d)

@@ -374,6 +374,7 @@ class Scheduler:
             ch.send(
                 {
                     "modules": modch,
+                    "prefer": ["cloudpickle"],  # by-value functions need the master's cloudpickle
                     "path": paths,
                     "chdir": self.chdir or chdir,
                     "trust": self.trusted,
