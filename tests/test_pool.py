@@ -323,6 +323,8 @@ def test_without_module_serving_a_missing_module_is_an_import_error(tmp_path: Pa
         with execpool.Pool(1, serve_modules=False) as p:
             with pytest.raises(ModuleNotFoundError, match="served_pkg_b"):
                 p.map(served_pkg_b.times, [1])
+            with pytest.raises(ModuleNotFoundError, match="served_pkg_b"):  # every task of a chunk fails so
+                p.map(served_pkg_b.times, range(50), chunksize=10)
     finally:
         sys.path.remove(str(tmp_path))
         for m in [m for m in sys.modules if m.startswith("served_pkg_b")]:

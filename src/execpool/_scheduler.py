@@ -715,6 +715,7 @@ class Scheduler:
                 rtt = max(0.0, now - chunk.sent_at - busy)
                 w.rtt = rtt if w.rtt is None else 0.8 * w.rtt + 0.2 * rtt
             job = chunk.job
+            err: BaseException
             job.busy += busy
             job.measured += n
             self._remember_task_time(job)
@@ -722,25 +723,23 @@ class Scheduler:
                 self._after_result(w)
                 return
             where = self._where(w)
+            whole = [pack for i, pack in errors or () if i < 0]
+            if whole:  # the whole chunk failed: its function or its arguments did not load
+                err = _payload.rebuild_exception(whole[0], self.trusted, "%s, task #%s" % (where, chunk.indices[0]))
+                self._deliver(job, chunk, [None] * n, dict.fromkeys(range(n), err))
+                self._after_result(w)
+                return
             try:
                 values = _payload.loads_results(data, self.trusted)
                 if not isinstance(values, list) or len(values) != n:
                     raise ValueError("expected %d results, got %r" % (n, type(values).__name__))
             except Exception as exc:
-                err: BaseException = ExecpoolError(
-                    "cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc)
-                )
+                err = ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
                 self._deliver(job, chunk, [None] * n, dict.fromkeys(range(n), err))
             else:
                 errs: dict[int, BaseException] = {}
                 for i, pack in errors or ():
-                    task = chunk.indices[i] if i >= 0 else chunk.indices[0]
-                    err = _payload.rebuild_exception(pack, self.trusted, "%s, task #%s" % (where, task))
-                    if i < 0:  # the whole chunk failed (its function or arguments did not load)
-                        errs = dict.fromkeys(range(n), err)
-                        values = [None] * n
-                        break
-                    errs[i] = err
+                    errs[i] = _payload.rebuild_exception(pack, self.trusted, "%s, task #%s" % (where, chunk.indices[i]))
                 self._deliver(job, chunk, values, errs)
             self._after_result(w)
         elif kind == "b":
