@@ -156,12 +156,16 @@ class Job:
         self.busy = 0.0
         self.measured = 0
         self.bytes_per_item = 0.0
+        self._described: str | None = None
         self.prior: float | None = None  # seconds per task of earlier jobs of the same function
         self.ended = False
         self._bar: Any = None
 
     def describe(self) -> str:
-        return _payload.describe_function(self.func)
+        """``name (file:line)`` of the job's function: its key for task times, and for messages."""
+        if self._described is None:
+            self._described = _payload.describe_function(self.func)
+        return self._described
 
     def pull(self, n: int) -> list[Any]:
         if self.exhausted:
