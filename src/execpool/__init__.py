@@ -26,6 +26,7 @@ from ._errors import (
     TimeoutError,
     WorkerLost,
 )
+from ._execmodel import ExecModel
 from ._serial import dumps, loads
 from ._xspec import XSpec
 from .executor import Executor
@@ -46,6 +47,7 @@ __all__ = [
     "ChannelFileWrite",
     "DataFormatError",
     "DumpError",
+    "ExecModel",
     "ExecpoolError",
     "Executor",
     "Gateway",

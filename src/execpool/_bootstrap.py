@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 #: Modules shipped to workers, in import order.  Each is stdlib-only and runs on CPython 3.8+.
-SHIPPED = ("_errors", "_trace", "_frames", "_serial", "_channel", "_conn", "_worker")
+SHIPPED = ("_errors", "_trace", "_execmodel", "_frames", "_serial", "_channel", "_conn", "_worker")
 
 #: Exit status of the bootstrap on an interpreter older than 3.8.
 EXIT_TOO_OLD = 97

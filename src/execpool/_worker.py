@@ -33,6 +33,7 @@ from _queue import SimpleQueue
 from . import _trace
 from ._conn import BaseGateway, FdIO, enlarge_pipe
 from ._errors import DataFormatError, ProtocolError
+from ._execmodel import get_execmodel
 from ._frames import EXEC, HELLO, STATUS, TERMINATE, type_name
 from ._serial import dumps, loads
 
@@ -93,6 +94,10 @@ class WorkerGateway(BaseGateway):
         self._numexecuting = 0
         self._shutting_down = False
         self._grace = float(config.get("grace", 2.0))
+        #: Seconds running code may go on after the master asks the worker to exit (0: none).
+        self._drain = float(config.get("drain", 0.0))
+        #: Locks, events and queues for remote code (``channel.gateway.execmodel``).
+        self.execmodel = get_execmodel(config.get("execmodel"))
 
     def __repr__(self) -> str:
         return "<WorkerGateway %s pid=%d>" % (self.id, os.getpid())
@@ -197,11 +202,28 @@ class WorkerGateway(BaseGateway):
                 return
             self._shutting_down = True
             busy = self._main_busy
+            running = self._numexecuting
+        _trace.trace("worker shutting down:", reason)
+        self._main_jobs.put(None)
+        if running and self._drain > 0:
+            # execnet's manners (compat gateways): running code gets a while to finish first.
+            threading.Thread(target=self._drain_then_stop, name="execpool-drain", daemon=True).start()
+        else:
+            self._stop(busy)
+
+    def _drain_then_stop(self) -> None:
+        import time
+
+        deadline = time.monotonic() + self._drain
+        while self._numexecuting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _trace.trace("worker drained" if not self._numexecuting else "worker still running code; interrupting it")
+        self._stop(self._main_busy)
+
+    def _stop(self, busy: bool) -> None:
         # The watchdog first: whatever happens below, the process ends within the grace period.
         t = threading.Thread(target=self._watchdog, name="execpool-watchdog", daemon=True)
         t.start()
-        _trace.trace("worker shutting down:", reason)
-        self._main_jobs.put(None)
         if busy:
             _interrupt_main_thread()
 
@@ -269,6 +291,40 @@ def _apply_config(config: Dict[str, Any]) -> None:
         os.nice(int(nice))
 
 
+def _provide_execnet() -> None:
+    """Make ``import execnet`` in remote code give execpool's worker-side API under execnet's names.
+
+    Set up for gateways of ``execpool.compat``: code written for execnet (pytest-xdist's
+    worker, for one) imports ``execnet`` for ``dumps``, ``DumpError`` and the like.
+    """
+    from . import _channel, _errors, _execmodel, _serial
+
+    def module(name: str, **names: Any) -> Any:
+        m = type(sys)(name)
+        m.__dict__.update(names)
+        m.__dict__["__execpool_compat__"] = True
+        sys.modules[name] = m
+        return m
+
+    base = dict(
+        Channel=_channel.Channel,
+        RemoteError=_errors.RemoteError,
+        TimeoutError=_errors.TimeoutError,
+        DumpError=_errors.DumpError,
+        DataFormatError=_errors.DataFormatError,
+        LoadError=_errors.DataFormatError,
+        dumps=_serial.dumps,
+        loads=_serial.loads,
+        ExecModel=_execmodel.ExecModel,
+        get_execmodel=_execmodel.get_execmodel,
+        WorkerGateway=WorkerGateway,
+    )
+    gateway_base = module("execnet.gateway_base", **base)
+    top = module("execnet", gateway_base=gateway_base, **base)
+    top.__path__ = []
+    top.__doc__ = "execpool's worker-side stand-in for execnet (set up by execpool.compat)"
+
+
 def _info(config: Dict[str, Any]) -> Dict[str, Any]:
     uname = os.uname()
     return {
@@ -292,7 +348,12 @@ def main(config: Dict[str, Any]) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    os.dup2(2, 1)
+    if config.get("stdout") == "devnull":
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    else:
+        os.dup2(2, 1)
     try:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except Exception:
@@ -303,6 +364,8 @@ def main(config: Dict[str, Any]) -> None:
     gateway._io = FdIO(rfd, wfd)
     try:
         _apply_config(config)
+        if config.get("execnet"):
+            _provide_execnet()
         hello = _info(config)
     except Exception as exc:
         hello = {"error": "%s: %s" % (type(exc).__name__, exc)}

@@ -61,6 +61,7 @@ from ._errors import (
     ProtocolError,
     TimeoutError,
 )
+from ._execmodel import get_execmodel
 from ._frames import EXEC, HELLO, STATUS, TERMINATE, default_max_frame, parse_size
 from ._popen import PopenTransport, describe_status
 from ._serial import dumps, loads
@@ -77,6 +78,8 @@ if TYPE_CHECKING:
 DEFAULT_START_TIMEOUT = 60.0
 #: Seconds :meth:`Gateway.exit` waits for the worker to exit before killing it.
 DEFAULT_EXIT_TIMEOUT = 10.0
+#: Seconds an execpool.compat worker lets running code finish after exit(), as execnet's do.
+EXECNET_DRAIN = 5.0
 #: Seconds a worker may spend shutting down (atexit handlers, threads) before it ends itself.
 WORKER_GRACE = 2.0
 
@@ -122,11 +125,14 @@ class Gateway(BaseGateway):
         super().__init__(id, max_frame)
         self.spec = spec
         self._group = group
+        #: Locks, events and queues for code that runs with this gateway (see :class:`ExecModel`).
+        self.execmodel = get_execmodel(spec.execmodel or (group.execmodel if group is not None else None))
         self._transport: PopenTransport | ParamikoTransport | RelayTransport | SocketTransport | None = None
         self._hello: dict[str, Any] | None = None
         self._hello_event = threading.Event()
         self._start_error: str | None = None
         self._info: RemoteInfo | None = None
+        self._rinfo_cache: types.SimpleNamespace | None = None
         self._exit_lock = threading.Lock()
         self._exiting = False
         self._started_at = 0.0
@@ -194,7 +200,11 @@ class Gateway(BaseGateway):
             "nice": int(spec.nice) if spec.nice is not None else None,
             "dont_write_bytecode": bool(spec.dont_write_bytecode),
             "grace": WORKER_GRACE,
+            "execmodel": self.execmodel.backend,
         }
+        if getattr(self._group, "_execnet_names", False):
+            # execpool.compat: the worker behaves as execnet's do (see compat's docs)
+            config.update(execnet=True, stdout="devnull", drain=EXECNET_DRAIN)
         magic = None
         if self._interpreter_key is not None:
             config["return_bytecode"] = True
@@ -418,6 +428,24 @@ class Gateway(BaseGateway):
             raise GatewayStartError("gateway %s has not started" % self.id)
         return self._info
 
+    def _rinfo(self, update: bool = False) -> types.SimpleNamespace:
+        """execnet's semi-private ``_rinfo()``: executable, version_info, platform, cwd, pid.
+
+        The answer is cached; ``update=True`` asks the worker again (its cwd may
+        have changed since it started).
+        """
+        if update or self._rinfo_cache is None:
+            if update:
+                ch = self.remote_exec(_RINFO_SOURCE)
+                facts = ch.receive()
+            else:
+                info = self.remote_info()
+                facts = {"executable": info.executable, "version_info": info.version_info, "platform": info.platform}
+                facts.update(cwd=info.cwd, pid=info.pid)
+            facts["version_info"] = tuple(facts["version_info"])
+            self._rinfo_cache = types.SimpleNamespace(**facts)
+        return self._rinfo_cache
+
     @property
     def alive(self) -> bool:
         """True while the connection is up and :meth:`exit` has not been called."""
@@ -512,6 +540,13 @@ class Gateway(BaseGateway):
         if self._transport is not None:
             self._transport.wait(timeout)
             self._transport.drain_stderr()
+
+
+_RINFO_SOURCE = """
+import os, sys
+channel.send({"executable": sys.executable, "version_info": tuple(sys.version_info), "platform": sys.platform,
+              "cwd": os.getcwd(), "pid": os.getpid()})
+"""
 
 
 def _valid_bytecode(value: Any) -> bool:

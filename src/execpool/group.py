@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._channel import NO_ENDMARKER, Channel
+from ._execmodel import ExecModel
 from ._xspec import XSpec
 from .gateway import DEFAULT_EXIT_TIMEOUT, DEFAULT_START_TIMEOUT, Gateway, warn_unknown_keys
 
@@ -31,11 +32,12 @@ _groups: weakref.WeakSet[Group] = weakref.WeakSet()
 class Group:
     """An ordered set of gateways, indexable by position and by id."""
 
-    def __init__(self, xspecs: Iterable[str | XSpec] = (), execmodel: str | None = None) -> None:
+    def __init__(self, xspecs: Iterable[str | XSpec] = (), execmodel: str | ExecModel | None = None) -> None:
         self._gateways: list[Gateway] = []
         self._lock = threading.Lock()
         self._autoid = 0
-        self.execmodel = execmodel
+        #: The default execution model of the group's gateways (see :class:`ExecModel`).
+        self.execmodel: str | ExecModel | None = execmodel
         _groups.add(self)
         specs = list(xspecs)
         if specs:

@@ -93,6 +93,14 @@ class RSync:
         """Return False to leave ``path`` (absolute, in the source) out; default: keep it."""
         return True
 
+    def _report_send_file(self, gateway: Gateway, rel: str) -> None:
+        """Called for each file sent to ``gateway`` (``rel``: its path in the source).
+
+        Prints ``ID:REL <= SOURCEPATH`` when ``verbose``; execnet's subclasses override it.
+        """
+        if self._verbose:
+            print("%s:%s <= %s" % (gateway.id, rel, os.path.join(self._sourcedir, rel)))
+
     def add_target(
         self,
         gateway: Gateway,
@@ -297,8 +305,7 @@ class RSync:
             ch.send(("end", st.st_mtime_ns, st.st_mode))
             if self._callback is not None:
                 self._callback("send", rel, ch)
-            if self._verbose:
-                print("%s:%s <= %s" % (ch.gateway.id, rel, os.path.join(self._sourcedir, rel)))
+            self._report_send_file(ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
         return None
 
     def _skip(self, rel: str, channels: list[Channel], text: str) -> None:

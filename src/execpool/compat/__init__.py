@@ -1,0 +1,243 @@
+"""execnet's API on execpool: run code written for execnet without changing it.
+
+This module owns the names and semantics execnet clients use and that
+execpool's own API spells differently: ``HostNotFound``, ``LoadError``,
+``dump``/``load``, ``set_execmodel``, ``Group.allocate_id`` that stores the id in
+the spec, ``Group.execmodel``/``remote_execmodel`` as objects, and the
+``execnet.gateway_base``, ``execnet.multi``, ... submodules.  Everything else is
+execpool's own class under the same name (``Channel``, ``Gateway``, ``XSpec``,
+``RSync``, ...), so a client gets execpool's behaviour, not an imitation.
+
+Use it in one of three ways:
+
+* ``import execpool.compat as execnet`` in code you can edit;
+* :func:`install` (or ``python -m execpool.compat -- PROGRAM ARGS``) so that
+  ``import execnet`` anywhere in the process gives this module;
+* ``pytest -p execpool.compat.xdist -n 4``: pytest-xdist on execpool.
+
+Gateways made through this module give their workers the same stand-in:
+``import execnet`` in remote code gives execpool's worker-side ``dumps``,
+``loads``, ``Channel``, ``DumpError``, ... (see ``_worker._provide_execnet``).
+The documentation's "Migrating from execnet" page lists what differs.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import types
+from typing import IO, Any
+
+from .. import __version__ as execpool_version
+from .._channel import Channel
+from .._errors import DataFormatError, DumpError, HostUnreachable, RemoteError, TimeoutError
+from .._execmodel import ExecModel, get_execmodel
+from .._serial import dumps, loads
+from .._xspec import XSpec
+from ..gateway import Gateway
+from ..group import Group as _Group
+from ..group import MultiChannel
+from ..rsync import RSync
+
+#: The execnet release whose API this module follows.
+__version__ = "2.1.1"
+
+#: execnet's name for a host that cannot be reached (ssh failed to connect).
+HostNotFound = HostUnreachable
+#: execnet's name for data that cannot be loaded.
+LoadError = DataFormatError
+
+_DUMP_HEADER = struct.Struct(">Q")
+
+
+class Group(_Group):
+    """execpool's :class:`execpool.Group` with execnet's conventions.
+
+    ``execmodel`` and ``remote_execmodel`` are :class:`ExecModel` objects;
+    :meth:`allocate_id` stores the id it gives in the spec; workers started by
+    the group can ``import execnet``.
+    """
+
+    _execnet_names = True
+
+    def __init__(self, xspecs: Any = (), execmodel: str | ExecModel = "thread") -> None:
+        super().__init__((), execmodel=None)
+        self._set_models(execmodel, None)
+        specs = list(xspecs)
+        if specs:
+            self.makegateways(specs)
+
+    def _set_models(self, execmodel: str | ExecModel, remote_execmodel: str | ExecModel | None) -> None:
+        model = get_execmodel(execmodel)
+        self.execmodel = model
+        self.remote_execmodel = get_execmodel(remote_execmodel if remote_execmodel is not None else model)
+
+    def set_execmodel(self, execmodel: str | ExecModel, remote_execmodel: str | ExecModel | None = None) -> None:
+        """Choose the execution model of gateways made from now on (before the first one)."""
+        if len(self):
+            raise ValueError("set_execmodel() must come before the group's first gateway is made")
+        self._set_models(execmodel, remote_execmodel)
+
+    def allocate_id(self, spec: XSpec) -> str:
+        """Give ``spec`` an id (``gwN``) unless it has one, and store it in ``spec.id``."""
+        gid = super().allocate_id(spec)
+        spec.id = gid
+        return gid
+
+    def makegateways(self, specs: Any, *, start_timeout: float | None = None) -> list[Gateway]:
+        xspecs = [s if isinstance(s, XSpec) else XSpec(s) for s in specs]
+        for spec in xspecs:
+            if spec.execmodel is None:
+                spec.execmodel = self.remote_execmodel.backend
+        return super().makegateways(xspecs, start_timeout=start_timeout)
+
+
+default_group = Group()
+
+
+def makegateway(spec: str | XSpec | None = None) -> Gateway:
+    """Start a gateway in this module's default group (``"popen"`` when no spec is given)."""
+    return default_group.makegateway(spec)
+
+
+def set_execmodel(execmodel: str | ExecModel, remote_execmodel: str | ExecModel | None = None) -> None:
+    """Choose the execution model of the default group (before its first gateway)."""
+    default_group.set_execmodel(execmodel, remote_execmodel)
+
+
+def PopenGateway(python: str | None = None) -> Gateway:  # noqa: N802 - execnet's name
+    """``makegateway("popen//python=PYTHON")`` in this module's default group."""
+    return makegateway("popen//python=%s" % python if python else "popen")
+
+
+def SshGateway(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> Gateway:  # noqa: N802
+    """``makegateway("ssh=ADDRESS//python=PYTHON")`` in this module's default group."""
+    spec = "ssh=%s" % sshaddress
+    if remotepython:
+        spec += "//python=%s" % remotepython
+    if ssh_config:
+        spec += "//ssh_config=%s" % ssh_config
+    return makegateway(spec)
+
+
+def dump(file: IO[bytes], obj: object) -> None:
+    """Write ``obj`` to a binary file, to be read back with :func:`load`.
+
+    The format is execpool's (an 8-byte length, then :func:`dumps`'s bytes), not execnet's.
+    """
+    data = dumps(obj)
+    file.write(_DUMP_HEADER.pack(len(data)) + data)
+
+
+def load(file: IO[bytes], **_options: Any) -> Any:
+    """Read one object written by :func:`dump`; ``EOFError`` at the end of the file."""
+    header = _read_exactly(file, _DUMP_HEADER.size, allow_eof=True)
+    (size,) = _DUMP_HEADER.unpack(header)
+    return loads(_read_exactly(file, size, allow_eof=False))
+
+
+def _read_exactly(file: IO[bytes], size: int, allow_eof: bool) -> bytes:
+    data = b""
+    while len(data) < size:
+        block = file.read(size - len(data))
+        if not block:
+            if allow_eof and not data:
+                raise EOFError("no more objects in %r" % (file,))
+            raise DataFormatError("truncated data: %d of %d bytes read from %r" % (len(data), size, file))
+        data += block
+    return data
+
+
+def _submodule(name: str, **names: Any) -> types.ModuleType:
+    module = types.ModuleType("execnet." + name)
+    module.__dict__.update(names)
+    module.__execpool_compat__ = True  # type: ignore[attr-defined]
+    return module
+
+
+gateway_base = _submodule(
+    "gateway_base",
+    Channel=Channel,
+    DataFormatError=DataFormatError,
+    DumpError=DumpError,
+    ExecModel=ExecModel,
+    LoadError=LoadError,
+    RemoteError=RemoteError,
+    TimeoutError=TimeoutError,
+    dump=dump,
+    dumps=dumps,
+    get_execmodel=get_execmodel,
+    load=load,
+    loads=loads,
+)
+gateway = _submodule("gateway", Gateway=Gateway)
+gateway_bootstrap = _submodule("gateway_bootstrap", HostNotFound=HostNotFound)
+multi = _submodule(
+    "multi",
+    Group=Group,
+    MultiChannel=MultiChannel,
+    default_group=default_group,
+    makegateway=makegateway,
+    set_execmodel=set_execmodel,
+)
+xspec = _submodule("xspec", XSpec=XSpec)
+rsync = _submodule("rsync", RSync=RSync)
+_SUBMODULES = ("gateway_base", "gateway", "gateway_bootstrap", "multi", "xspec", "rsync")
+
+#: Marks this module as execpool's stand-in for execnet.
+__execpool_compat__ = True
+
+
+def install() -> None:
+    """Make ``import execnet`` (and ``execnet.multi``, ...) in this process give this module.
+
+    Call it before anything imports execnet.  Raises ``RuntimeError`` if the real
+    execnet is already imported, since objects made from it would not mix with
+    execpool's.
+    """
+    this = sys.modules[__name__]
+    current = sys.modules.get("execnet")
+    if current is this:
+        return
+    if current is not None and not getattr(current, "__execpool_compat__", False):
+        raise RuntimeError(
+            "execpool.compat.install(): the real execnet (%s) was imported before; call install() "
+            "before anything imports execnet (with pytest: put -p execpool.compat.xdist first on the "
+            "command line, or use python -m execpool.compat -- pytest ...)" % getattr(current, "__file__", "?")
+        )
+    if current is not None:
+        # Inside an execpool worker, whose own stand-in is already there (and is the one that
+        # matches the worker's channels): keep it.
+        return
+    sys.modules["execnet"] = this
+    for name in _SUBMODULES:
+        sys.modules["execnet." + name] = getattr(this, name)
+
+
+__all__ = [
+    "Channel",
+    "DataFormatError",
+    "DumpError",
+    "ExecModel",
+    "Gateway",
+    "Group",
+    "HostNotFound",
+    "LoadError",
+    "MultiChannel",
+    "PopenGateway",
+    "RSync",
+    "RemoteError",
+    "SshGateway",
+    "TimeoutError",
+    "XSpec",
+    "__version__",
+    "default_group",
+    "dump",
+    "dumps",
+    "execpool_version",
+    "install",
+    "load",
+    "loads",
+    "makegateway",
+    "set_execmodel",
+]
