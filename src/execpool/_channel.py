@@ -298,8 +298,16 @@ class Channel:
         if self._lost is not None and not self._remote_closed:
             raise GatewayLostError("%r: the connection ended: %s" % (self, self._lost))
 
-    def _getremoteerror(self) -> Optional[_RemoteError]:
+    def _getremoteerror(self) -> Optional[BaseException]:
+        """execnet's semi-private accessor: why the channel ended, if not normally.
+
+        A :class:`RemoteError` when the peer closed it with an error, a
+        :class:`GatewayLostError` (an ``EOFError``) when the connection ended
+        first, else None.
+        """
         if self._remote_error is None:
+            if self._lost is not None and not self._remote_closed:
+                return GatewayLostError("%r: the connection ended: %s" % (self, self._lost))
             return None
         self._error_seen = True
         return RemoteError(self._remote_error, self.gateway.id)
