@@ -42,3 +42,19 @@ def test_every_test_the_guarantees_page_names_exists() -> None:
         assert re.search(r"^def %s\(" % m.group(2), source, re.M), "%s::%s" % (current, m.group(2))
         named += 1
     assert named >= 20
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    """Each name of ``execpool.__all__`` and ``execpool.compat.__all__`` appears in docs/api.rst."""
+    import re
+
+    import execpool
+    import execpool.compat
+
+    text = (DOCS / "api.rst").read_text()
+    missing = []
+    for module, names in (("execpool", execpool.__all__), ("execpool.compat", execpool.compat.__all__)):
+        for name in names:
+            if not re.search(r"(?<![\w.])(%s\.)?%s\b" % (re.escape(module), re.escape(name)), text):
+                missing.append("%s.%s" % (module, name))
+    assert not missing

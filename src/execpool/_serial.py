@@ -18,10 +18,10 @@ gateway.  Since the C pickler calls ``persistent_id`` for *every* object once
 it is defined, a second pickler class with that hook is used only for data
 that holds a complex number or a channel (the first pass notices and retries).
 
-Known gaps, for the hardening work: a crafted stream can make ``loads``
-return a read-only ``memoryview`` (opcode READONLY_BUFFER) and can make the
-C unpickler grow its memo table far beyond the frame size (PUT/LONG_BINPUT
-with a huge index); neither runs code, the second costs memory.
+Known gaps (CPython's C unpickler, documented in SECURITY.md): a crafted
+stream can make ``loads`` allocate more memory than the frame it came in (a
+huge memo index, or a declared length of BINBYTES8/BYTEARRAY8); neither runs
+code.
 
 This module is shipped to remote interpreters as source: stdlib only,
 CPython 3.8+.

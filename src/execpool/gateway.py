@@ -446,6 +446,10 @@ class Gateway(BaseGateway):
             self._rinfo_cache = types.SimpleNamespace(**facts)
         return self._rinfo_cache
 
+    def hasreceiver(self) -> bool:
+        """True while the thread that reads the worker's messages runs (execnet's name)."""
+        return self._reader is not None and self._reader.is_alive()
+
     @property
     def alive(self) -> bool:
         """True while the connection is up and :meth:`exit` has not been called."""

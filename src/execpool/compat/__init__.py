@@ -59,6 +59,8 @@ class Group(_Group):
     """
 
     _execnet_names = True
+    #: The spec :meth:`makegateway` uses when given none.
+    defaultspec = "popen"
 
     def __init__(self, xspecs: Any = (), execmodel: str | ExecModel = "thread") -> None:
         super().__init__((), execmodel=None)
@@ -83,6 +85,10 @@ class Group(_Group):
         gid = super().allocate_id(spec)
         spec.id = gid
         return gid
+
+    def makegateway(self, spec: str | XSpec | None = None, *, start_timeout: float | None = None) -> Gateway:
+        """Start a gateway for ``spec`` (default: :attr:`defaultspec`) in this group."""
+        return super().makegateway(spec or self.defaultspec, start_timeout=start_timeout)
 
     def makegateways(self, specs: Any, *, start_timeout: float | None = None) -> list[Gateway]:
         xspecs = [s if isinstance(s, XSpec) else XSpec(s) for s in specs]
