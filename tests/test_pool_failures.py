@@ -476,3 +476,44 @@ def test_a_replaced_worker_leaves_no_dead_gateway_in_the_group(cleanup: list[exe
         assert wait_until(lambda victim=victim: victim not in ready_pids(pool, 2), timeout=HANG_GUARD)
     assert wait_until(lambda: len(pool.group) == 2 and all(gw.alive for gw in pool.group), timeout=HANG_GUARD)
     assert pool.map(tasks.square_slowly, range(4)) == [0, 1, 4, 9]
+
+
+# -- a host that stays unreachable for a while --------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_slot_whose_host_stays_unreachable_is_tried_again_while_the_others_work(
+    cleanup: list[execpool.Pool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement of a killed worker meets an unreachable host through several rounds of
+    attempts (injected: a real outage of that length cannot be staged here); the other worker
+    carries the map meanwhile, and once the host answers again the slot is back."""
+    import execpool._scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "REPLACE_RETRY_DELAYS", (0.05, 0.05))
+    monkeypatch.setattr(scheduler, "SLOT_RETRY_SECONDS", 0.3)
+    outage = {"left": 0, "refused": 0}
+    real = execpool.Group.makegateways
+
+    def makegateways(self: execpool.Group, specs: object, **kw: object) -> list[execpool.Gateway]:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            outage["refused"] += 1
+            raise execpool.HostUnreachable("injected outage: connection refused")
+        return real(self, specs, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(execpool.Group, "makegateways", makegateways)
+    pool = execpool.Pool(2)
+    cleanup.append(pool)
+    pids = ready_pids(pool, 2)
+    outage["left"] = 7  # two rounds of 3 attempts, and one more
+    it = pool.imap_unordered(tasks.square_slowly, range(200))
+    got = [it.next(HANG_GUARD) for _ in range(3)]
+    os.kill(pids[0], signal.SIGKILL)
+    got += list(it)
+    assert collections.Counter(got) == collections.Counter(x * x for x in range(200))
+    assert wait_until(lambda: outage["refused"] == 7 and sum(s.state == "ready" for s in pool.stats()) == 2, 60), (
+        outage,
+        pool.stats(),
+    )
+    assert len(set(pool.map(tasks.pid_of, range(20), chunksize=1))) == 2

@@ -64,7 +64,7 @@ from typing import Any
 
 from . import _payload, _poolworker, _trace
 from ._channel import Channel
-from ._errors import ExecpoolError, GatewayStartError, InterpreterNotFound, TimeoutError, WorkerLost
+from ._errors import ExecpoolError, GatewayStartError, HostUnreachable, InterpreterNotFound, TimeoutError, WorkerLost
 from ._xspec import XSpec
 from .gateway import Gateway
 from .group import Group
@@ -84,6 +84,9 @@ PREFETCH_BELOW = 0.005
 PREFETCH_RTTS = 50
 #: Pauses between attempts to restart a worker whose host could not be reached.
 REPLACE_RETRY_DELAYS = (1.0, 2.0, 4.0)
+#: Seconds between further rounds of those attempts while the host stays unreachable and other
+#: workers carry on (a slot is never dropped for an outage; with no worker left, jobs fail).
+SLOT_RETRY_SECONDS = 30.0
 #: Seconds a worker may take to start (gateway, rsync, initializer excluded).
 START_TIMEOUT = 60.0
 
@@ -641,6 +644,8 @@ class Scheduler:
             self._on_ready(ev[1], ev[2])
         elif kind == "startfail":
             self._on_startfail(ev[1], ev[2])
+        elif kind == "retryslot":
+            self._on_retryslot(ev[1])
         elif kind == "retired":
             pass
 
@@ -663,12 +668,27 @@ class Scheduler:
             w.state = "failed"
             w.stats.state = "failed"
             w.stats.error = "%s: %s" % (type(exc).__name__, exc)
+        retry = w.replacing and isinstance(exc, HostUnreachable) and self._wants_workers()
         if self.state in ("running", "closing"):
             self.errors.append("%s (%s): %s" % (w.stats.id, w.stats.spec, w.stats.error))
+            later = "; trying again in %g s" % SLOT_RETRY_SECONDS if retry else ""
             sys.stderr.write(
-                "execpool: pool worker %s (%s) could not start: %s\n" % (w.stats.id, w.stats.spec, w.stats.error)
+                "execpool: pool worker %s (%s) could not start: %s%s\n"
+                % (w.stats.id, w.stats.spec, w.stats.error, later)
             )
+        if retry:
+            timer = threading.Timer(SLOT_RETRY_SECONDS, self.events.put, args=(("retryslot", w),))
+            timer.daemon = True
+            timer.start()
         self._check_alive()
+
+    def _wants_workers(self) -> bool:
+        return self.broken is None and (self.state == "running" or (self.state == "closing" and bool(self.jobs)))
+
+    def _on_retryslot(self, w: _Worker) -> None:
+        if w.state == "failed" and self._wants_workers():
+            _trace.trace("pool worker", w.stats.id, "trying its host again")
+            self._start_thread(w)
 
     def _check_alive(self) -> None:
         with self.lock:
