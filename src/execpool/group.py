@@ -236,12 +236,17 @@ def SshGateway(  # noqa: N802 - the seed API's name
 ) -> Gateway:
     """A worker on an ssh host: ``SshGateway("user@host", "python3.12")`` is
     ``makegateway("ssh=user@host//python=python3.12")``."""
+    return makegateway(ssh_spec(sshaddress, remotepython, ssh_config))
+
+
+def ssh_spec(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> str:
+    """The xspec string of :func:`SshGateway`'s arguments."""
     spec = "ssh=%s" % sshaddress
     if remotepython:
         spec += "//python=%s" % remotepython
     if ssh_config:
         spec += "//ssh_config=%s" % ssh_config
-    return makegateway(spec)
+    return spec
 
 
 def _terminate_all() -> None:

@@ -36,7 +36,7 @@ from .._serial import dumps, loads
 from .._xspec import XSpec
 from ..gateway import Gateway
 from ..group import Group as _Group
-from ..group import MultiChannel
+from ..group import MultiChannel, ssh_spec
 from ..rsync import RSync
 
 #: The execnet release whose API this module follows.
@@ -118,12 +118,7 @@ def PopenGateway(python: str | None = None) -> Gateway:  # noqa: N802 - execnet'
 
 def SshGateway(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> Gateway:  # noqa: N802
     """``makegateway("ssh=ADDRESS//python=PYTHON")`` in this module's default group."""
-    spec = "ssh=%s" % sshaddress
-    if remotepython:
-        spec += "//python=%s" % remotepython
-    if ssh_config:
-        spec += "//ssh_config=%s" % ssh_config
-    return makegateway(spec)
+    return makegateway(ssh_spec(sshaddress, remotepython, ssh_config))
 
 
 def dump(file: IO[bytes], obj: object) -> None:
