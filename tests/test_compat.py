@@ -22,6 +22,7 @@ import pytest
 import execpool
 import execpool.compat as execnet
 from conftest import run_master_script, wait_until
+from sshd import SshServer
 
 #: The public names of execnet 2.1 (its ``__all__``); every one must exist in the compat layer.
 EXECNET_ALL = (
@@ -492,3 +493,30 @@ def test_runner_usage_errors(argv: list[str], message: str) -> None:
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_pytest_xdist_over_ssh_with_rsyncdir(tmp_path: Path, sshd_server: SshServer) -> None:
+    """``--tx ssh=...`` and ``--rsyncdir``: xdist's RSync subclass (filter, report hook) on execpool."""
+    pytest.importorskip("xdist")
+    root = _write_suite(tmp_path)
+    suite = root / "tests"
+    suite.mkdir()
+    (suite / "test_remote.py").write_text(
+        "import os\n\n"
+        "def test_runs_in_the_synced_copy():\n"
+        "    import execnet\n"
+        "    assert execnet.__execpool_compat__\n"
+        "    assert os.getcwd().startswith(os.environ['REMOTE_BASE']), os.getcwd()\n"
+    )
+    remote = tmp_path / "remote"
+    tx = "2*ssh=host-a//ssh_config=%s//python=%s//chdir=%s//env:REMOTE_BASE=%s" % (
+        sshd_server.ssh_config,
+        sys.executable,
+        remote,
+        remote,
+    )
+    argv = [sys.executable, "-m", "pytest", "-p", "execpool.compat.xdist", "-p", "no:cacheprovider", "-d"]
+    argv += ["--tx", tx, "--rsyncdir", str(suite), str(suite), "-W", "ignore::DeprecationWarning"]
+    result = _run_pytest(argv, root)
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
+    assert (remote / "tests" / "test_remote.py").exists()
