@@ -164,6 +164,13 @@ def test_xspec_equality_and_hashing_by_string() -> None:
     assert execnet.XSpec("popen").chdir is None  # keys not given read as None
 
 
+def test_xspec_samefilesystem_as_pytest_xdists_tests_use_it() -> None:
+    assert execnet.XSpec("popen")._samefilesystem()
+    assert execnet.XSpec("execmodel=main_thread_only//popen")._samefilesystem()
+    assert not execnet.XSpec("popen//chdir=elsewhere")._samefilesystem()
+    assert not execnet.XSpec("ssh=somehost")._samefilesystem()
+
+
 # -- gateways and channels ---------------------------------------------------------------
 
 
@@ -249,6 +256,29 @@ def test_remote_code_imports_execnet_on_compat_workers(cgroup: Any) -> None:
         """
     )
     assert ch.receive(30) == (True, True, {"a": [1, 2.5, None, b"x"]}, True, True)
+
+
+def test_code_on_a_compat_worker_can_start_gateways_of_its_own(cgroup: Any) -> None:
+    """pytest-xdist's own suite under -n: a test on a worker runs pytest -n 1 in-process, whose
+    ``import execnet`` is the worker's stand-in and must offer Group, RSync, XSpec, ..."""
+    gw = cgroup.makegateway()
+    ch = gw.remote_exec(
+        """
+        import os, execnet
+        import execpool.compat
+        execpool.compat.install()  # what -p execpool.compat.xdist does there: keeps the stand-in
+        import execnet.multi
+        group = execnet.Group(execmodel="main_thread_only")
+        try:
+            inner = group.makegateway(execnet.XSpec("popen"))
+            pid = inner.remote_exec("import os; channel.send(os.getpid())").receive(30)
+        finally:
+            group.terminate(timeout=10)
+        channel.send((pid != os.getpid(), execnet.multi.Group is execnet.Group, execnet.__execpool_compat__,
+                      issubclass(execnet.RSync, object)))
+        """
+    )
+    assert ch.receive(60) == (True, True, True, True)
 
 
 def test_plain_execpool_workers_do_not_get_the_stand_in(group: execpool.Group) -> None:

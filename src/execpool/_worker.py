@@ -323,6 +323,26 @@ def _provide_execnet() -> None:
     top = module("execnet", gateway_base=gateway_base, **base)
     top.__path__ = []
     top.__doc__ = "execpool's worker-side stand-in for execnet (set up by execpool.compat)"
+    top.__version__ = "2.1.1"
+
+    def master_side(name: str) -> Any:
+        # execnet's master-side names (Group, makegateway, XSpec, RSync, ...) for code on this
+        # worker that starts gateways of its own (a pytest-xdist run inside an xdist worker):
+        # from the execpool installed in this interpreter, if there is one.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            from execpool import compat  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise AttributeError(
+                "module 'execnet' has no attribute %r: execpool is not installed in this worker's "
+                "interpreter, so only the worker-side API (dumps, loads, Channel, ...) is here" % name
+            ) from None
+        value = getattr(compat, name)
+        setattr(top, name, value)
+        return value
+
+    top.__getattr__ = master_side
 
 
 def _info(config: Dict[str, Any]) -> Dict[str, Any]:

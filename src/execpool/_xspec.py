@@ -119,6 +119,13 @@ class XSpec:
                 return name
         return None
 
+    def _samefilesystem(self) -> bool:
+        """True for a local worker without ``chdir=``: it sees this process's files where they are.
+
+        (execnet's semi-private method, which pytest-xdist's tests call.)
+        """
+        return self.popen is not None and self.chdir is None
+
     def __repr__(self) -> str:
         return "<XSpec %r>" % self._spec
 

@@ -208,7 +208,10 @@ def install() -> None:
         )
     if current is not None:
         # Inside an execpool worker, whose own stand-in is already there (and is the one that
-        # matches the worker's channels): keep it.
+        # matches the worker's channels): keep it; it takes the master-side names from this
+        # module when asked, and the submodules it lacks are this module's.
+        for name in _SUBMODULES:
+            sys.modules.setdefault("execnet." + name, getattr(this, name))
         return
     sys.modules["execnet"] = this
     for name in _SUBMODULES:

@@ -4,7 +4,8 @@
 MODULE``.  It runs in this interpreter after :func:`execpool.compat.install`,
 so its ``import execnet`` gives execpool.  For pytest, ``-p
 execpool.compat.xdist`` is also added to ``PYTEST_ADDOPTS`` so that pytest
-processes the program starts (pytester's subprocess runs) use execpool too.
+processes the program starts use execpool too (not those of pytest's
+``pytester`` fixture, which removes ``PYTEST_ADDOPTS`` from their environment).
 """
 
 from __future__ import annotations
