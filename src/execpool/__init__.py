@@ -8,8 +8,9 @@ manages several gateways.  See the documentation's "Gateways and channels" guide
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._channel import NO_ENDMARKER, Channel, ChannelFileRead, ChannelFileWrite
-from ._discover import Interpreter, find_interpreters
 from ._errors import (
     AuthenticationFailed,
     ChannelClosedError,
@@ -29,11 +30,46 @@ from ._errors import (
 from ._execmodel import ExecModel
 from ._serial import dumps, loads
 from ._xspec import XSpec
-from .executor import Executor
 from .gateway import Gateway, RemoteInfo, RemoteStatus
 from .group import Group, MultiChannel, PopenGateway, SshGateway, default_group, makegateway
-from .pool import AsyncResult, IMapIterator, Pool, PoolTerminated, WorkerStats
-from .rsync import RSync, RSyncError
+
+if TYPE_CHECKING:
+    from ._discover import Interpreter, find_interpreters
+    from .executor import Executor
+    from .pool import AsyncResult, IMapIterator, Pool, PoolTerminated, WorkerStats
+    from .rsync import RSync, RSyncError
+
+# The pool, the executor, RSync and interpreter discovery are imported on first use: a program
+# that only makes gateways (an execnet client through execpool.compat, pytest-xdist's workers
+# among them) does not pay for concurrent.futures, the scheduler and friends.
+_LAZY = {
+    "AsyncResult": ".pool",
+    "IMapIterator": ".pool",
+    "Pool": ".pool",
+    "PoolTerminated": ".pool",
+    "WorkerStats": ".pool",
+    "Executor": ".executor",
+    "Interpreter": "._discover",
+    "find_interpreters": "._discover",
+    "RSync": ".rsync",
+    "RSyncError": ".rsync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'execpool' has no attribute %r" % name)
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

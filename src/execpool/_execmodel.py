@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
-import subprocess
 import threading
 import time
 
@@ -43,8 +41,18 @@ class ExecModel:
     def __init__(self, name: str) -> None:
         self.backend = name
         self.queue = queue
-        self.socket = socket
-        self.subprocess = subprocess
+
+    @property
+    def socket(self) -> Any:
+        import socket
+
+        return socket
+
+    @property
+    def subprocess(self) -> Any:
+        import subprocess
+
+        return subprocess
 
     def __repr__(self) -> str:
         return "<ExecModel %r>" % self.backend
