@@ -437,7 +437,7 @@ class Gateway(BaseGateway):
         if update or self._rinfo_cache is None:
             if update:
                 ch = self.remote_exec(_RINFO_SOURCE)
-                facts = ch.receive()
+                facts = ch.receive(DEFAULT_START_TIMEOUT)  # a hang guard: the worker answers at once
             else:
                 info = self.remote_info()
                 facts = {"executable": info.executable, "version_info": info.version_info, "platform": info.platform}
