@@ -634,8 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = figures(runs)
     print_table(rows, out)
     notes = node_notes(runs)
-    for v in VARIANTS:
-        mine = [r for r in runs if r["variant"] == v]
+    by_variant = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
+    for v, mine in by_variant.items():
         if mine:
             notes.append(
                 "%s ran on: execnet module %s, gateway class %s%s"
@@ -655,8 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             paired.append("%d: %.2fx / %.2fx" % (rep, ratio_total, ratio_startup))
     if paired:
         notes.append("per repetition, execpool/execnet total / start-up: " + ", ".join(paired))
-    for v in VARIANTS:
-        mine = [r for r in runs if r["variant"] == v]
+    for v, mine in by_variant.items():
         if mine:
             notes.append(
                 "raw %s, ms: total %s; start-up %s"

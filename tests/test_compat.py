@@ -127,7 +127,7 @@ def test_set_execmodel_before_and_after_the_first_gateway(cgroup: Any) -> None:
 def test_an_unsupported_execmodel_is_refused_clearly(name: str) -> None:
     with pytest.raises(ValueError, match="execmodel %r is not supported: execpool runs workers with threads" % name):
         execnet.Group(execmodel=name)
-    with pytest.raises(ValueError, match="is not supported"):
+    with pytest.raises(ValueError, match="xspec 'execmodel=%s//popen': execmodel %r is not supported" % (name, name)):
         execpool.Group().makegateway("execmodel=%s//popen" % name)
 
 
@@ -515,6 +515,7 @@ def test_a_crashing_test_is_reported_as_a_crashed_worker(tmp_path: Path) -> None
         ([], "usage: python -m execpool.compat"),
         (["no-such-program-xyz"], "neither a file nor a program on PATH"),
         (["/bin/sh"], "is not a Python program"),
+        (["./no-such-script.py"], "./no-such-script.py: no such file"),
     ],
 )
 def test_runner_usage_errors(argv: list[str], message: str) -> None:

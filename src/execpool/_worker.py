@@ -323,7 +323,7 @@ def _provide_execnet() -> None:
     top = module("execnet", gateway_base=gateway_base, **base)
     top.__path__ = []
     top.__doc__ = "execpool's worker-side stand-in for execnet (set up by execpool.compat)"
-    top.__version__ = "2.1.1"
+    top.__version__ = "2.1.2"
 
     def master_side(name: str) -> Any:
         # execnet's master-side names (Group, makegateway, XSpec, RSync, ...) for code on this

@@ -126,7 +126,10 @@ class Gateway(BaseGateway):
         self.spec = spec
         self._group = group
         #: Locks, events and queues for code that runs with this gateway (see :class:`ExecModel`).
-        self.execmodel = get_execmodel(spec.execmodel or (group.execmodel if group is not None else None))
+        try:
+            self.execmodel = get_execmodel(spec.execmodel or (group.execmodel if group is not None else None))
+        except ValueError as exc:
+            raise ValueError("xspec %r: %s" % (str(spec), exc)) from None
         self._transport: PopenTransport | ParamikoTransport | RelayTransport | SocketTransport | None = None
         self._hello: dict[str, Any] | None = None
         self._hello_event = threading.Event()

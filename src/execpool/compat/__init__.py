@@ -40,7 +40,7 @@ from ..group import MultiChannel, ssh_spec
 from ..rsync import RSync
 
 #: The execnet release whose API this module follows.
-__version__ = "2.1.1"
+__version__ = "2.1.2"
 
 #: execnet's name for a host that cannot be reached (ssh failed to connect).
 HostNotFound = HostUnreachable

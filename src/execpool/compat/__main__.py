@@ -61,6 +61,9 @@ def main(argv: list[str]) -> int:
     if path is None:
         print("execpool.compat: %r is neither a file nor a program on PATH" % program, file=sys.stderr)
         return 2
+    if not os.path.isfile(path):
+        print("execpool.compat: %s: no such file" % path, file=sys.stderr)
+        return 2
     if not _is_python_file(path):
         print(
             "execpool.compat: %s is not a Python program; it must run in this interpreter to use "
