@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import execpool
+from _sourcegraph import startup_modules
 from conftest import INTERPRETERS
 from execpool import _bootstrap
 from sshd import SshServer
@@ -38,7 +39,7 @@ def test_a_worker_of_another_version_compiles_once_then_reuses_the_bytecode(
 ) -> None:
     other = _other_version()
     first = group.makegateway(other.spec)
-    assert first._hello is not None and first._hello["compiled"] == len(_bootstrap.SHIPPED)
+    assert first._hello is not None and first._hello["compiled"] == len(startup_modules())
     assert list(fresh_cache.glob("*-code-*"))  # kept on disk for the next process
     second = group.makegateway(other.spec)
     assert second._hello is not None and second._hello["compiled"] == 0
@@ -69,7 +70,7 @@ def test_a_damaged_cache_entry_costs_a_compile_not_a_failure(fresh_cache: Path, 
     _bootstrap._bytecode.clear()
     _bootstrap.payload.cache_clear()
     gw = group.makegateway(other.spec)
-    assert gw._hello is not None and gw._hello["compiled"] == len(_bootstrap.SHIPPED)
+    assert gw._hello is not None and gw._hello["compiled"] == len(startup_modules())
     assert gw.remote_exec("channel.send('fine')").receive(10) == "fine"
 
 
@@ -80,6 +81,6 @@ def test_remote_and_relayed_workers_are_never_asked_for_bytecode(
     ssh = group.makegateway(sshd_server.spec("host-a", "//python=%s" % other.path))
     relayed = group.makegateway("popen//via=%s//python=%s" % (ssh.id, other.path))
     for gw in (ssh, relayed):
-        assert gw._hello is not None and gw._hello["compiled"] == len(_bootstrap.SHIPPED)
+        assert gw._hello is not None and gw._hello["compiled"] == len(startup_modules())
         assert "bytecode" not in gw._hello
     assert not list(fresh_cache.glob("*"))

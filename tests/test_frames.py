@@ -1,4 +1,4 @@
-"""Unit and fuzz tests of the wire format (``execpool._frames``).
+"""Unit and fuzz tests of the wire format (``execpool._shipped.frames``).
 
 A frame is a 9-byte header -- type (1 byte), channel (4 bytes, big-endian),
 payload length (4 bytes, big-endian) -- followed by the payload.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import execpool
 from execpool import DataFormatError, ProtocolError
-from execpool._frames import (
+from execpool._shipped.frames import (
     CLOSE,
     CLOSE_ERROR,
     DATA,

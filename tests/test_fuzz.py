@@ -49,9 +49,10 @@ from hypothesis import strategies as st
 
 import execpool
 from conftest import process_gone, wait_until
-from execpool import DataFormatError, GatewayLostError, ProtocolError, _serial, dumps, loads
-from execpool._conn import LARGE
-from execpool._frames import (
+from execpool import DataFormatError, GatewayLostError, ProtocolError, dumps, loads
+from execpool._shipped import serial as _serial
+from execpool._shipped.connection import LARGE
+from execpool._shipped.frames import (
     CLOSE,
     CLOSE_ERROR,
     DATA,

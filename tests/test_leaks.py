@@ -74,7 +74,7 @@ def pid(x):
 HARNESS = r'''
 import gc, json, os, sys, threading, time
 import execpool
-from execpool._channel import Channel
+from execpool._shipped.channel import Channel
 from execpool._scheduler import Scheduler
 
 import leaktasks

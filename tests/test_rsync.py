@@ -194,9 +194,9 @@ def test_bad_inputs_get_clear_errors(src: Path, tmp_path: Path, gw: execpool.Gat
 
 @pytest.mark.parametrize("evil", ["../escaped", "/tmp/abs", "a/../../escaped", "a//b", ".", "ok/./x"])
 def test_the_receiver_refuses_paths_that_leave_its_target(tmp_path: Path, gw: execpool.Gateway, evil: str) -> None:
-    from execpool import _rsync_receiver
+    from execpool._shipped import rsync_receiver as _rsync_receiver
 
-    ch = gw.remote_exec(Path(_rsync_receiver.__file__).read_text())
+    ch = gw.remote_exec(_rsync_receiver.serve)
     ch.send(("start", str(tmp_path / "dest"), {}))
     assert ch.receive(10)[0] == "ready"
     ch.send(("list", [(evil, "f", 1, 0, 0o644, None)]))

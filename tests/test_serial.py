@@ -1,4 +1,4 @@
-"""Unit and fuzz tests of the channel-data serializer (``execpool._serial``).
+"""Unit and fuzz tests of the channel-data serializer (``execpool._shipped.serial``).
 
 The serializer is restricted pickle: ``dumps`` writes only the supported builtin
 types (and channels, as persistent ids), ``loads`` never imports a module and
@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 import execpool
 from execpool import DataFormatError, DumpError, dumps, loads
-from execpool._errors import ExecpoolError
+from execpool._shipped.errors import ExecpoolError
 
 # -- shared helpers -------------------------------------------------------------
 
@@ -713,7 +713,7 @@ def test_loads_accepts_the_largest_and_smallest_channel_ids() -> None:
 
 
 def test_loads_refuses_build_on_a_real_channel_and_leaves_it_untouched() -> None:
-    from execpool._channel import Channel
+    from execpool._shipped.channel import Channel
 
     ch = Channel.__new__(Channel)
     ch.id = 4
@@ -1213,7 +1213,7 @@ def test_loads_of_mutated_valid_pickles_raises_only_dataformaterror(base: bytes,
 
 _INTERPRETERS = execpool.find_interpreters()
 
-_SRC_DIR = Path(execpool.__file__).parent
+_SRC_DIR = Path(execpool.__file__).parent / "_shipped"
 
 _PEER_CODE = (
     "CANON = %r\nSAMPLE = %r\nSRC = %r\n" % (_CANON_SRC, _SAMPLE_SRC, str(_SRC_DIR))
@@ -1222,11 +1222,11 @@ import sys
 # load execpool's shipped modules the way a worker does: as a package of their own
 M = type(sys)
 pkg = M("_peer_execpool"); pkg.__path__ = []; sys.modules["_peer_execpool"] = pkg
-for name in ("_errors", "_serial"):
+for name in ("errors", "serial"):
     m = M("_peer_execpool." + name); m.__package__ = "_peer_execpool"
     sys.modules[m.__name__] = m; setattr(pkg, name, m)
     exec(compile(open(SRC + "/" + name + ".py").read(), name, "exec"), m.__dict__)
-serial = pkg._serial
+serial = pkg.serial
 exec(CANON)
 exec(SAMPLE)
 data = sys.stdin.buffer.read()

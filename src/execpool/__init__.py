@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._channel import NO_ENDMARKER, Channel, ChannelFileRead, ChannelFileWrite
-from ._errors import (
+from ._shipped.channel import NO_ENDMARKER, Channel, ChannelFileRead, ChannelFileWrite
+from ._shipped.errors import (
     AuthenticationFailed,
     ChannelClosedError,
     DataFormatError,
@@ -27,8 +27,8 @@ from ._errors import (
     TimeoutError,
     WorkerLost,
 )
-from ._execmodel import ExecModel
-from ._serial import dumps, loads
+from ._shipped.execmodel import ExecModel
+from ._shipped.serial import dumps, loads
 from ._xspec import XSpec
 from .gateway import Gateway, RemoteInfo, RemoteStatus
 from .group import Group, MultiChannel, PopenGateway, SshGateway, default_group, makegateway

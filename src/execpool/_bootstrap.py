@@ -4,9 +4,15 @@ A worker is started as ``PYTHON -c BOOTSTRAP``.  ``BOOTSTRAP`` is a few lines
 that check the interpreter's version, read an 8-byte header and two blobs from
 stdin -- the zlib-compressed, marshalled *payload* and the worker's
 *configuration* (a Python literal) -- and run the payload's loader.  The
-loader registers the shipped modules (``SHIPPED``) as a package named
-``_execpool`` in the worker's ``sys.modules`` -- a name that cannot clash
-with an installed execpool -- and calls ``_execpool._worker.main(CONFIG)``.
+loader makes the modules of ``execpool/_shipped/`` importable as a package
+named ``_execpool`` -- a name that cannot clash with an installed execpool --
+through a finder on ``sys.meta_path``, so a module is compiled and run only
+when something imports it, and calls ``_execpool.worker.main(CONFIG)``.
+
+What is shipped is derived from the folder: every ``*.py`` file in
+``_shipped/`` (its ``__init__`` is the master-side package marker and is not
+sent).  ``tests/test_shipped.py`` checks that the folder imports nothing but
+the standard library and itself, and uses no syntax newer than Python 3.8.
 
 The payload carries each module's source and, for workers whose bytecode
 magic number equals the master's, the compiled code objects: a worker of the
@@ -15,7 +21,8 @@ source.  Only core types travel in the marshal format, whose encoding of them
 every CPython 3.8+ reads; code objects are nested as opaque bytes.
 
 The same source files run on both sides: on the master they are
-``execpool._conn`` and friends, on a worker ``_execpool._conn``.  Nothing is
+``execpool._shipped.connection`` and friends, on a worker
+``_execpool.connection``.  Nothing is
 installed or written on the worker.
 """
 
@@ -31,8 +38,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-#: Modules shipped to workers, in import order.  Each is stdlib-only and runs on CPython 3.8+.
-SHIPPED = ("_errors", "_trace", "_execmodel", "_frames", "_serial", "_channel", "_conn", "_worker")
+#: The folder whose modules run inside every worker (stdlib-only, CPython 3.8+).
+SHIPPED_DIR = Path(__file__).with_name("_shipped")
 
 #: Exit status of the bootstrap on an interpreter older than 3.8.
 EXIT_TOO_OLD = 97
@@ -57,11 +64,12 @@ BOOTSTRAP = (
     "exec(P[0],{'CONFIG':eval(r(int.from_bytes(h[4:],'big'))),'P':P})\n"
 ) % (EXIT_TOO_OLD, EXIT_NO_PAYLOAD)
 
-# Runs in the worker with P = (this source, sources, order, magic, marshalled code objects).
+# Runs in the worker with P = (this source, sources, magic, marshalled code objects).
 _LOADER = """\
 import sys, marshal
+from _frozen_importlib import ModuleSpec
 from _frozen_importlib_external import MAGIC_NUMBER
-_, SOURCES, ORDER, MAGIC, CODES = P
+_, SOURCES, MAGIC, CODES = P
 try:
     CODES = marshal.loads(CODES) if MAGIC == MAGIC_NUMBER else {}
     if type(CODES) is not dict:
@@ -69,32 +77,49 @@ try:
 except Exception:  # a damaged cache entry: compile from source instead
     CODES = {}
 COMPILED = {}
-M = type(sys)
-pkg = M("_execpool")
+
+
+class ShippedFinder:
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname.startswith("_execpool.") and fullname[10:] in SOURCES:
+            return ModuleSpec(fullname, cls, origin="<execpool %s>" % fullname[10:])
+        return None
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        name = module.__name__[10:]
+        module.__file__ = "<execpool %s>" % name
+        code = CODES.get(name)
+        if type(code) is not type(ShippedFinder.exec_module.__code__):
+            code = COMPILED[name] = compile(SOURCES[name], module.__file__, "exec")
+        exec(code, module.__dict__)
+
+
+pkg = type(sys)("_execpool")
 pkg.__path__ = []
 pkg.__package__ = "_execpool"
 pkg._sources = SOURCES
 pkg._compiled = COMPILED
 sys.modules["_execpool"] = pkg
-for name in ORDER:
-    m = M("_execpool." + name)
-    m.__package__ = "_execpool"
-    m.__file__ = "<execpool %s>" % name
-    sys.modules[m.__name__] = m
-    setattr(pkg, name, m)
-    code = CODES.get(name)
-    if type(code) is not type(compile("", "", "exec")):
-        code = COMPILED[name] = compile(SOURCES[name], m.__file__, "exec")
-    exec(code, m.__dict__)
-del M, m, name, code, CODES, P
-sys.modules["_execpool._worker"].main(CONFIG)
+sys.meta_path.insert(0, ShippedFinder)
+del P
+import _execpool.worker
+_execpool.worker.main(CONFIG)
 """
 
 
 @functools.lru_cache(maxsize=1)
 def _sources() -> dict[str, str]:
-    here = Path(__file__).parent
-    return {name: (here / (name + ".py")).read_text(encoding="utf-8") for name in SHIPPED}
+    return {
+        path.stem: path.read_text(encoding="utf-8")
+        for path in sorted(SHIPPED_DIR.glob("*.py"))
+        if path.stem != "__init__"
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,7 +145,7 @@ def payload(magic: bytes | None = None) -> bytes:
         magic = importlib.util.MAGIC_NUMBER
         codes = {name: compile(text, "<execpool %s>" % name, "exec") for name, text in _sources().items()}
         codes_blob = marshal.dumps(codes)
-    packed = (_LOADER, _sources(), SHIPPED, magic, codes_blob)
+    packed = (_LOADER, _sources(), magic, codes_blob)
     return zlib.compress(marshal.dumps(packed), 6)
 
 

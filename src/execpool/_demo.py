@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from ._discover import find_interpreters
-from ._errors import ExecpoolError
+from ._shipped.errors import ExecpoolError
 from .pool import Pool
 
 ITERATIONS = 20_000

@@ -22,9 +22,9 @@ import socket
 import time
 from typing import Any
 
-from . import _trace
-from ._errors import AuthenticationFailed, GatewayStartError, HostUnreachable
 from ._popen import StderrRelay
+from ._shipped import trace as _trace
+from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable
 from ._ssh import remote_python
 
 HOSTKEY_POLICIES = ("strict", "accept-new", "ignore")

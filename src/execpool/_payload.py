@@ -27,8 +27,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import _serial
-from ._errors import RemoteError
+from ._shipped import serial as _serial
+from ._shipped.errors import RemoteError
 
 #: Pickle protocol for what the master sends (every CPython 3.8+ reads 5).
 PROTOCOL = 5

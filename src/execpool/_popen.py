@@ -4,7 +4,7 @@ Popen: a local interpreter process talking over its stdin/stdout pipes.
 
 The transport starts the process (``python=`` split like a shell command
 line, so ``env FOO=1 python3`` or ``nice python3.9`` are launchers too), gives
-the gateway an :class:`~execpool._conn.FdIO` over the pipes, relays the
+the gateway an :class:`~execpool._shipped.connection.FdIO` over the pipes, relays the
 worker's stderr line by line to the local ``sys.stderr`` prefixed with the
 gateway id (keeping the last lines for error messages), and stops the process:
 politely through the protocol first, then with SIGKILL to its whole process
@@ -23,9 +23,9 @@ import sys
 import threading
 from collections.abc import Callable
 
-from . import _trace
-from ._conn import FdIO, enlarge_pipe
-from ._errors import InterpreterNotFound
+from ._shipped import trace as _trace
+from ._shipped.connection import FdIO, enlarge_pipe
+from ._shipped.errors import InterpreterNotFound
 
 
 class StderrRelay:

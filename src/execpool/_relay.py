@@ -22,9 +22,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import _trace
-from ._errors import GatewayStartError, InterpreterNotFound
 from ._popen import StderrRelay
+from ._shipped import trace as _trace
+from ._shipped.errors import GatewayStartError, InterpreterNotFound
 
 RELAY_SOURCE = """
 import os, signal, subprocess, threading

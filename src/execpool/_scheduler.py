@@ -62,9 +62,18 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _payload, _poolworker, _trace
-from ._channel import Channel
-from ._errors import ExecpoolError, GatewayStartError, HostUnreachable, InterpreterNotFound, TimeoutError, WorkerLost
+from . import _payload
+from ._shipped import poolworker as _poolworker
+from ._shipped import trace as _trace
+from ._shipped.channel import Channel
+from ._shipped.errors import (
+    ExecpoolError,
+    GatewayStartError,
+    HostUnreachable,
+    InterpreterNotFound,
+    TimeoutError,
+    WorkerLost,
+)
 from ._xspec import XSpec
 from .gateway import Gateway
 from .group import Group
@@ -373,7 +382,7 @@ class Scheduler:
             if self.state != "running" and self.state != "closing":
                 raise PoolTerminated("the pool was terminated while this worker started")
             paths, chdir = self._prepare(gw)
-            ch = gw.remote_exec(_poolworker)
+            ch = gw.remote_exec(_poolworker.serve)
             modch = None
             if self.modules is not None:
                 modch = gw.newchannel()

@@ -20,9 +20,9 @@ import socket
 import threading
 from typing import Any
 
-from ._errors import AuthenticationFailed, GatewayStartError, HostUnreachable
 from ._popen import StderrRelay
 from ._server import HANDSHAKE_TIMEOUT, MAC, MAGIC, NONCE, client_mac, read_token, recv_exact, server_mac
+from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable
 
 # Runs in the installvia= gateway after the source of ``_server``: a server for one client.
 INSTALL_DRIVER = """

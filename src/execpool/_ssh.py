@@ -19,7 +19,7 @@ import re
 import shlex
 import shutil
 
-from ._errors import AuthenticationFailed, GatewayStartError, HostUnreachable, InterpreterNotFound
+from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable, InterpreterNotFound
 from ._xspec import XSpec
 
 #: Exit status of the OpenSSH client when ssh itself (not the remote command) failed.

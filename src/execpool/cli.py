@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from ._discover import find_interpreters
-from ._errors import ExecpoolError
+from ._shipped.errors import ExecpoolError
 from .group import Group
 
 

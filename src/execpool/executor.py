@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._poolworker import MODE_APPLY, MODE_STAR
 from ._scheduler import Job
+from ._shipped.poolworker import MODE_APPLY, MODE_STAR
 from .pool import Pool
 
 

@@ -40,7 +40,6 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _trace
 from ._bootstrap import (
     BOOTSTRAP,
     EXIT_NO_PAYLOAD,
@@ -50,9 +49,11 @@ from ._bootstrap import (
     known_magic,
     remember_bytecode,
 )
-from ._channel import Channel
-from ._conn import BaseGateway
-from ._errors import (
+from ._popen import PopenTransport, describe_status
+from ._shipped import trace as _trace
+from ._shipped.channel import Channel
+from ._shipped.connection import BaseGateway
+from ._shipped.errors import (
     ChannelClosedError,
     DataFormatError,
     GatewayStartError,
@@ -61,10 +62,9 @@ from ._errors import (
     ProtocolError,
     TimeoutError,
 )
-from ._execmodel import get_execmodel
-from ._frames import EXEC, HELLO, STATUS, TERMINATE, default_max_frame, parse_size
-from ._popen import PopenTransport, describe_status
-from ._serial import dumps, loads
+from ._shipped.execmodel import get_execmodel
+from ._shipped.frames import EXEC, HELLO, STATUS, TERMINATE, default_max_frame, parse_size
+from ._shipped.serial import dumps, loads
 from ._ssh import choose_backend, classify_failure, remote_command, split_target, ssh_argv
 from ._xspec import XSpec
 
@@ -404,6 +404,12 @@ class Gateway(BaseGateway):
                 raise TypeError("remote_exec(module) takes no keyword arguments; send data over the channel")
             src = _module_source(source)
             filename = getattr(source, "__file__", None) or "<module %s>" % source.__name__
+        elif isinstance(source, types.FunctionType) and (source.__module__ or "").startswith(_SHIPPED_PREFIX):
+            # an entry point of the worker-side folder: the worker already has it, so send a reference
+            module = "_execpool." + source.__module__[len(_SHIPPED_PREFIX) :]
+            src = "from %s import %s" % (module, source.__name__)
+            filename = "<remote_exec %s of %s>" % (self.id, module)
+            call_name = source.__name__
         elif isinstance(source, types.FunctionType):
             src, filename = _function_source(source, kwargs)
             call_name = source.__name__
@@ -581,6 +587,10 @@ def _unsupported_transport(spec: XSpec) -> str:
         "'popen' (local interpreters, or any launcher command via python=) and 'ssh=HOST' work so far"
         % (str(spec), kind)
     )
+
+
+#: Functions of these modules are already in every worker (as ``_execpool.NAME``).
+_SHIPPED_PREFIX = "execpool._shipped."
 
 
 def _module_source(module: types.ModuleType) -> str:

@@ -21,8 +21,8 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._channel import NO_ENDMARKER, Channel
-from ._execmodel import ExecModel
+from ._shipped.channel import NO_ENDMARKER, Channel
+from ._shipped.execmodel import ExecModel
 from ._xspec import XSpec
 from .gateway import DEFAULT_EXIT_TIMEOUT, DEFAULT_START_TIMEOUT, Gateway, warn_unknown_keys
 

@@ -27,8 +27,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._poolworker import MODE_APPLY, MODE_MAP, MODE_STAR
 from ._scheduler import Job, PoolTerminated, Scheduler, WorkerStats
+from ._shipped.poolworker import MODE_APPLY, MODE_MAP, MODE_STAR
 from .group import Group
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats"]
@@ -449,7 +449,7 @@ class Pool:
         if self._sched.state == "running":
             raise ValueError("Pool.join() needs close() or terminate() first")
         if not self._sched.join(timeout):
-            from ._errors import TimeoutError
+            from ._shipped.errors import TimeoutError
 
             raise TimeoutError("the pool's work did not finish within %s seconds" % timeout)
 

@@ -34,15 +34,15 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
-from ._channel import Channel
-from ._errors import ExecpoolError
-from ._rsync_receiver import BLOCK, DIGEST, SIG, _sha256
+from ._shipped import rsync_receiver
+from ._shipped.channel import Channel
+from ._shipped.errors import ExecpoolError
+from ._shipped.rsync_receiver import BLOCK, DIGEST, SIG, _sha256
 from .gateway import Gateway
 
 CHUNK = 256 * 1024
 # Read once: the receiver must speak the protocol of the code this process imported,
 # even if the files on disk change (an upgrade under a long-running master).
-_RECEIVER_SOURCE = Path(__file__).with_name("_rsync_receiver.py").read_text(encoding="utf-8")
 
 
 class RSyncError(ExecpoolError):
@@ -198,10 +198,9 @@ class RSync:
         self.problems = []
         self.stats = {}
         entries = self._walk()
-        source = _RECEIVER_SOURCE
         channels: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
         for gateway, destdir, finished, options in self._targets:
-            ch = gateway.remote_exec(source)
+            ch = gateway.remote_exec(rsync_receiver.serve)
             ch.send(("start", destdir, options))
             channels.append((gateway, destdir, ch, finished))
         failed: list[str] = []

@@ -29,10 +29,10 @@ import types
 from typing import IO, Any
 
 from .. import __version__ as execpool_version
-from .._channel import Channel
-from .._errors import DataFormatError, DumpError, HostUnreachable, RemoteError, TimeoutError
-from .._execmodel import ExecModel, get_execmodel
-from .._serial import dumps, loads
+from .._shipped.channel import Channel
+from .._shipped.errors import DataFormatError, DumpError, HostUnreachable, RemoteError, TimeoutError
+from .._shipped.execmodel import ExecModel, get_execmodel
+from .._shipped.serial import dumps, loads
 from .._xspec import XSpec
 from ..gateway import Gateway
 from ..group import Group as _Group

@@ -286,6 +286,7 @@ def _sha256(path: str) -> str:
             h.update(block)
 
 
-if __name__ == "__channelexec__":
-    _cmd, _destdir, _options = channel.receive()  # type: ignore[name-defined]  # noqa: F821
-    Receiver(channel, _destdir, _options).run()  # type: ignore[name-defined]  # noqa: F821
+def serve(channel: Any) -> None:
+    """The receiver's entry point: ``gateway.remote_exec(rsync_receiver.serve)``."""
+    _cmd, destdir, options = channel.receive()
+    Receiver(channel, destdir, options).run()

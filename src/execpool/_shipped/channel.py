@@ -19,8 +19,8 @@ from __future__ import annotations
 import threading
 from _queue import Empty, SimpleQueue
 
-from . import _trace
-from ._errors import (
+from . import trace as _trace
+from .errors import (
     ChannelClosedError,
     DataFormatError,
     ExecpoolError,
@@ -32,9 +32,16 @@ from ._errors import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Optional, Union
+    from typing import Any, Optional, Protocol, Union
 
-    from ._conn import BaseGateway
+    class BaseGateway(Protocol):
+        """What a channel needs of its gateway (``connection.BaseGateway`` provides it)."""
+
+        id: str
+
+        def _send_item(self, channel_id: int, item: Any) -> None: ...
+
+        def _close_channel(self, channel: Channel, error: Optional[str]) -> None: ...
 
 
 _RemoteError = RemoteError

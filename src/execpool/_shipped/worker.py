@@ -30,12 +30,12 @@ import sys
 import threading
 from _queue import SimpleQueue
 
-from . import _trace
-from ._conn import BaseGateway, FdIO, enlarge_pipe
-from ._errors import DataFormatError, ProtocolError
-from ._execmodel import get_execmodel
-from ._frames import EXEC, HELLO, STATUS, TERMINATE, type_name
-from ._serial import dumps, loads
+from . import trace as _trace
+from .connection import BaseGateway, FdIO, enlarge_pipe
+from .errors import DataFormatError, ProtocolError
+from .execmodel import get_execmodel
+from .frames import EXEC, HELLO, STATUS, TERMINATE, type_name
+from .serial import dumps, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -297,7 +297,10 @@ def _provide_execnet() -> None:
     Set up for gateways of ``execpool.compat``: code written for execnet (pytest-xdist's
     worker, for one) imports ``execnet`` for ``dumps``, ``DumpError`` and the like.
     """
-    from . import _channel, _errors, _execmodel, _serial
+    from . import channel as _channel
+    from . import errors as _errors
+    from . import execmodel as _execmodel
+    from . import serial as _serial
 
     def module(name: str, **names: Any) -> Any:
         m = type(sys)(name)

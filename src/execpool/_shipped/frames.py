@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from ._errors import ProtocolError
+from .errors import ProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

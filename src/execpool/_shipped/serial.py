@@ -37,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - non-CPython
     import pickle as _cpickle  # type: ignore[no-redef]
 
-from ._errors import DataFormatError, DumpError
+from .errors import DataFormatError, DumpError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

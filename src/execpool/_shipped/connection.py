@@ -26,11 +26,11 @@ from __future__ import annotations
 import os
 import threading
 
-from . import _trace
-from ._channel import Channel
-from ._errors import ChannelClosedError, DataFormatError, DumpError, ProtocolError
-from ._frames import CLOSE, CLOSE_ERROR, DATA, HEADER, FrameParser, type_name
-from ._serial import dumps, loads
+from . import trace as _trace
+from .channel import Channel
+from .errors import ChannelClosedError, DataFormatError, DumpError, ProtocolError
+from .frames import CLOSE, CLOSE_ERROR, DATA, HEADER, FrameParser, type_name
+from .serial import dumps, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -38,10 +38,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-try:  # on a worker the shipped modules are the package _execpool
-    from _execpool import _serial  # type: ignore[import-not-found]
-except ImportError:  # imported on the master (tests, docs)
-    from execpool import _serial
+from . import serial as _serial
 
 MODE_MAP = 0
 MODE_STAR = 1
@@ -264,5 +261,6 @@ def main(channel: Any) -> None:
     worker.serve()
 
 
-if __name__ == "__channelexec__":
-    main(channel)  # type: ignore[name-defined]  # noqa: F821 - remote_exec provides it
+def serve(channel: Any) -> None:
+    """The pool worker's entry point: ``gateway.remote_exec(poolworker.serve)``."""
+    main(channel)
