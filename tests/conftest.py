@@ -1,27 +1,23 @@
-"""Shared fixtures: real worker interpreters of every CPython 3.8+ on this machine."""
+"""Shared fixtures: real worker interpreters of every CPython 3.8+ on this machine.
+
+Plain helpers that tests import live in ``_helpers.py``, not here.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 import execpool
+from _helpers import INTERPRETERS
 from sshd import SshServer, sshd_missing_reason
 
 # Bytecode that workers of other Python versions hand back goes to a cache of this test run,
 # never into the user's ~/.cache (subprocesses started by the tests inherit it too).
 os.environ["EXECPOOL_CACHE_DIR"] = tempfile.mkdtemp(prefix="execpool-test-cache-")
-
-INTERPRETERS = execpool.find_interpreters()
-SUPPORTED = [(3, minor) for minor in range(8, 14)]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,54 +77,6 @@ def group() -> Iterator[execpool.Group]:
     g = execpool.Group()
     yield g
     g.terminate(timeout=5)
-
-
-def process_gone(pid: int) -> bool:
-    """True if ``pid`` does not exist or is a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` (a hang guard, not a timing assertion) passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def run_master_script(
-    source: str, tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run ``source`` as a separate master process (with execpool importable)."""
-    script = tmp_path / "master.py"
-    script.write_text(textwrap.dedent(source))
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp_path
-    )
-
-
-def start_master_script(source: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    script = tmp_path / "master.py"
-    script.write_text(textwrap.dedent(source))
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-        cwd=tmp_path,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import execpool
+from _helpers import INTERPRETERS
 from _sourcegraph import startup_modules
-from conftest import INTERPRETERS
 from execpool import _bootstrap
 from sshd import SshServer
 

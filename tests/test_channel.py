@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import execpool
-from conftest import wait_until
+from _helpers import wait_until
 
 ECHO = "for item in channel: channel.send(item)"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import INTERPRETERS
+from _helpers import INTERPRETERS
 from execpool.cli import main
 
 

@@ -21,7 +21,7 @@ import pytest
 
 import execpool
 import execpool.compat as execnet
-from conftest import run_master_script, wait_until
+from _helpers import run_master_script, wait_until
 from sshd import SshServer
 
 #: The public names of execnet 2.1 (its ``__all__``); every one must exist in the compat layer.

@@ -42,7 +42,7 @@ import pytest
 import _faulttasks as faulttasks
 import _pooltasks as tasks
 import execpool
-from conftest import process_gone, start_master_script, wait_until
+from _helpers import process_gone, start_master_script, wait_until
 from test_pool_failures import TESTS_DIR, children_of, ready_pids
 
 HANG_GUARD = 60  # seconds for any single wait: a hang guard, not a timing assertion

@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import execpool
-from conftest import process_gone, wait_until
+from _helpers import process_gone, wait_until
 from execpool import DataFormatError, GatewayLostError, ProtocolError, dumps, loads
 from execpool._shipped import serial as _serial
 from execpool._shipped.connection import LARGE

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import execpool
-from conftest import INTERPRETERS, SUPPORTED, process_gone, wait_until
+from _helpers import INTERPRETERS, SUPPORTED, process_gone, wait_until
 
 
 def test_every_supported_interpreter_is_found_in_ci() -> None:

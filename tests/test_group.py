@@ -8,7 +8,7 @@ import time
 import pytest
 
 import execpool
-from conftest import INTERPRETERS, process_gone
+from _helpers import INTERPRETERS, process_gone
 
 
 def test_ids_are_allocated_in_order_and_index_by_position_and_id(group: execpool.Group) -> None:

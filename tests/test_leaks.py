@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_master_script
+from _helpers import run_master_script
 from sshd import SshServer
 
 #: Seconds the soak with mixed traffic runs under --long.

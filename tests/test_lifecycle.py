@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from conftest import process_gone, run_master_script, start_master_script, wait_until
+from _helpers import process_gone, run_master_script, start_master_script, wait_until
 
 STUCK = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); channel.send(1)\\nwhile True: pass"
 

@@ -19,7 +19,7 @@ import pytest
 
 import execpool
 import pool_api_tasks as tasks
-from conftest import INTERPRETERS, wait_until
+from _helpers import INTERPRETERS, wait_until
 from execpool._payload import ModuleServer, RemoteTraceback
 
 pytestmark = pytest.mark.timeout(120)
@@ -214,7 +214,7 @@ def test_context_manager_waits_for_submitted_work_then_ends_workers() -> None:
         r = p.map_async(tasks.version_after, range(4), chunksize=1)
     assert r.ready(), "leaving the block returned before the submitted work was done"
     assert [x for x, _ in r.get(0)] == [0, 1, 2, 3]
-    from conftest import process_gone
+    from _helpers import process_gone
 
     assert all(wait_until(lambda pid=pid: process_gone(pid)) for pid in pids)
 
@@ -525,7 +525,7 @@ def test_execpool_demo_runs_a_checked_map_on_every_local_python() -> None:
 
 
 def test_pool_in_a_script_with_a_main_function(tmp_path: Path) -> None:
-    from conftest import run_master_script
+    from _helpers import run_master_script
 
     proc = run_master_script(
         textwrap.dedent(
@@ -562,7 +562,7 @@ def test_a_pool_over_an_existing_group_uses_its_gateways() -> None:
 def test_an_unclosed_pool_warns_and_ends_its_workers_when_collected() -> None:
     import gc
 
-    from conftest import process_gone
+    from _helpers import process_gone
 
     p = execpool.Pool(1)
     pid = p.apply(tasks.whoami)[0]
@@ -601,7 +601,7 @@ def test_async_result_callbacks_have_run_when_get_returns(pool: execpool.Pool) -
 
 
 def test_a_pool_left_running_at_interpreter_exit_ends_quietly(tmp_path: Path) -> None:
-    from conftest import run_master_script
+    from _helpers import run_master_script
 
     proc = run_master_script(
         """

@@ -14,7 +14,7 @@ import pytest
 
 import _pooltasks as tasks
 import execpool
-from conftest import process_gone, start_master_script, wait_until
+from _helpers import process_gone, start_master_script, wait_until
 from sshd import SshServer
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import execpool
-from conftest import process_gone, wait_until
+from _helpers import process_gone, wait_until
 from execpool._server import MAC, MAGIC, NONCE, client_mac, recv_exact
 
 TOKEN = "t0ken-for-the-tests-0123456789abcdef"

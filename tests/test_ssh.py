@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import execpool
-from conftest import INTERPRETERS, process_gone, wait_until
+from _helpers import INTERPRETERS, process_gone, wait_until
 from execpool._ssh import split_target
 from sshd import ALIASES, SshServer
 

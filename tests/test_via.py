@@ -8,7 +8,7 @@ import signal
 import pytest
 
 import execpool
-from conftest import INTERPRETERS, process_gone, wait_until
+from _helpers import INTERPRETERS, process_gone, wait_until
 from sshd import SshServer
 
 
