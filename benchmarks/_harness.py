@@ -526,12 +526,17 @@ def print_footer(
     leftovers: dict[str, dict[int, str] | None],
     t_start: float,
     out: TextIO | None = None,
+    summary: Sequence[str] | None = None,
 ) -> bool:
-    """Print the notes, each kind of left-over process (None: not checked), the load and the total
-    time; returns whether anything was left over."""
+    """Print the notes, the ``summary`` lines (under "summary:"), each kind of left-over process
+    (None: not checked), the load and the total time; returns whether anything was left over."""
     out = out or sys.stdout
     for n in notes:
         print("  " + n, file=out)
+    if summary is not None:
+        print("summary:", file=out)
+        for line in summary:
+            print("  " + line, file=out)
     left = False
     for what, procs in leftovers.items():
         if procs is None:
