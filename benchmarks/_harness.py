@@ -164,18 +164,20 @@ class Target:
 @dataclass
 class Scenario:
     """One workload's figures: variant name -> raw values (seconds, or rates), shown x ``scale``;
-    ratios are variant / ``reference``; ``target`` = (variant judged, its bound)."""
+    ratios are variant / ``reference``; ``targets``: variant judged -> its bound on that ratio;
+    ``other_targets``: variant -> (target text, met text) judged by the script on something else."""
 
     title: str
     values: dict[str, list[float]]
     reference: str = ""
-    target: tuple[str, Target] | None = None
+    targets: dict[str, Target] = field(default_factory=dict)
     unit: str = ""
     scale: float = 1.0
     lower_better: bool = True
     labels: dict[str, str] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
     extra: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> variant -> text
+    other_targets: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def label(self, name: str) -> str:
         return self.labels.get(name, name)
@@ -190,14 +192,13 @@ class Scenario:
             return None
         return row.best / ref.best, row.median / ref.median
 
-    def verdict(self) -> tuple[bool, bool, float, float] | None:
-        """(met on the median ratio, met on the best, median ratio, best ratio) of the target row, if measured."""
-        if self.target is None:
+    def verdict(self, name: str) -> tuple[bool, bool, float, float] | None:
+        """(met on the median ratio, met on the best, median ratio, best ratio) of the target of ``name``,
+        if it has one and it was measured."""
+        target, r = self.targets.get(name), self.ratios(name)
+        if target is None or r is None or name == self.reference:
             return None
-        r = self.ratios(self.target[0])
-        if r is None:
-            return None
-        return self.target[1].ok(r[1]), self.target[1].ok(r[0]), r[1], r[0]
+        return target.ok(r[1]), target.ok(r[0]), r[1], r[0]
 
     def ratio_cells(self, name: str) -> tuple[str, str]:
         if name == self.reference and self.figure(name) is not None:
@@ -206,23 +207,22 @@ class Scenario:
         return ("%.2fx" % r[0], "%.2fx" % r[1]) if r else ("-", "-")
 
     def target_cells(self, name: str) -> tuple[str, str]:
-        if self.target is None or name != self.target[0] or name == self.reference:
+        """The target and met columns of ``name``'s row."""
+        if name in self.other_targets:
+            return self.other_targets[name]
+        v = self.verdict(name)
+        if v is None:
             return "", ""
-        r = self.ratios(name)
-        if r is None:
-            return "", ""
-        return self.target[1].text(), self.target[1].met_text(r[1], r[0])
+        return self.targets[name].text(), self.targets[name].met_text(v[2], v[3])
 
-    def summary(self, unit: str = "ms") -> str:
-        """'title: A x unit vs ref y unit (medians) = r (best b), target <= t: met' for the summary."""
-        if self.target is None:
-            return ""
-        v, row, ref = self.verdict(), self.figure(self.target[0]), self.figure(self.reference)
+    def summary(self, name: str, unit: str = "ms") -> str:
+        """'title: A x unit vs ref y unit (medians) = r (best b), target <= t: met', for ``name``'s target."""
+        v, row, ref = self.verdict(name), self.figure(name), self.figure(self.reference)
         if v is None or row is None or ref is None:
             return "%s: not measured (failed)" % self.title
         return "%s: %s %s %s vs %s %s %s (medians) = %.2fx (best %.2fx), target %s: %s" % (
             self.title,
-            self.label(self.target[0]),
+            self.label(name),
             fmt(row.median),
             unit,
             self.label(self.reference),
@@ -230,7 +230,7 @@ class Scenario:
             unit,
             v[2],
             v[3],
-            self.target[1].text(),
+            self.targets[name].text(),
             "met" if v[0] else "MISSED",
         )
 
@@ -424,13 +424,9 @@ def results_row(run: str, revision: str, scenarios: Sequence[Scenario]) -> str:
     a target (and the best ratio where it gives the other verdict)."""
     cells = [run, revision or "?"]
     for sc in scenarios:
-        v = sc.verdict()
-        if sc.target is None:
-            continue
-        if v is None:
-            cells.append("-")
-        else:
-            cells.append("%.2fx" % v[2] + (" (best %.2fx)" % v[3] if v[0] != v[1] else ""))
+        for name in sc.targets:
+            v = sc.verdict(name)
+            cells.append("-" if v is None else "%.2fx" % v[2] + (" (best %.2fx)" % v[3] if v[0] != v[1] else ""))
     return "| " + " | ".join(cells) + " |"
 
 

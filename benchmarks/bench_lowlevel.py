@@ -158,7 +158,7 @@ def scenario(title: str, unit: str, scale: float, target: Target, values: dict[s
         title,
         values,
         reference="execnet",
-        target=("execpool", target),
+        targets={"execpool": target},
         unit=unit,
         scale=scale,
         lower_better=not unit.endswith("/s"),

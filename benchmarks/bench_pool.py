@@ -483,7 +483,7 @@ def scenario(
         title,
         times,
         reference,
-        (target[0], Target("<=", target[1])) if target else None,
+        {target[0]: Target("<=", target[1])} if target else {},
         scale=1000,
         labels=labels,
         failed=failed or set(),
@@ -835,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(scenarios)
     rev = source_revision(os.path.dirname(execpool.__file__))
     notes.append("RESULTS.md row: %s" % results_row("quick" if args.quick else "full", rev, scenarios))
-    summary = [sc.summary("ms") for sc in scenarios if sc.target is not None]
+    summary = [sc.summary(name) for sc in scenarios for name in sc.targets]
     summary += ["FAILED: " + f for f in failures.items]
     left_local = wait_gone_workers(2.0)
     helpers = [pid for pid, cmd in descendants(os.getpid()).items() if is_helper(cmd)]
