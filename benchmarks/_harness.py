@@ -318,12 +318,13 @@ def pair_table(
     ratio_head: str,
     label_width: int = 22,
     unit: bool = False,
+    head: str = "scenario",
 ) -> Table:
     """One row per scenario: the best and median of the two variants of ``sides`` ((name, column
     group) each), the ratio of the one that is not the scenario's reference to the reference, the
     target and whether it is met."""
     (a_name, a_group), (b_name, b_group) = sides
-    cols = [Column("scenario", label_width, left=True)]
+    cols = [Column(head, label_width, left=True)]
     if unit:
         cols.append(Column("unit", 6, left=True))
     cols += [
