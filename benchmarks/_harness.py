@@ -2,6 +2,8 @@
 
 It owns, in this order:
 
+* **the command line**: :func:`bench_parser` (description, ``--quick``, ``--only``) and
+  :func:`import_execpool` (installed, or the source tree);
 * **timing**: the alternated repetitions (:func:`alternate`: every variant once per repetition, in an
   order that rotates, ``gc.collect()`` before each run, an optional untimed warm-up round, failures
   recorded and the variant dropped), and the statistics (:func:`figure`: best = min time or max rate,
@@ -26,6 +28,7 @@ modules.  The scripts run from the repository root with this directory on ``sys.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import gc
 import os
@@ -49,6 +52,41 @@ RECEIVE_TIMEOUT = 120.0
 EXIT_TIMEOUT = 10.0
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+
+# -- command line and imports -------------------------------------------------------------------
+
+
+def bench_parser(doc: str, quick_help: str = "", only: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser a script starts from: its docstring's first paragraph as the description, ``--quick``
+    (if ``quick_help``) and ``--only`` (if ``only`` names the scenarios; see :func:`chosen`)."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if quick_help:
+        parser.add_argument("--quick", action="store_true", help=quick_help)
+    if only:
+        parser.add_argument("--only", default=",".join(only), help="comma-separated subset of: %s" % ",".join(only))
+    return parser
+
+
+def chosen(parser: argparse.ArgumentParser, text: str, only: Sequence[str], what: str = "scenario") -> set[str]:
+    """The scenarios named in ``--only`` (a parser error for an unknown one)."""
+    picked = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = picked - set(only)
+    if unknown:
+        parser.error("unknown %s(s): %s" % (what, ", ".join(sorted(unknown))))
+    return picked
+
+
+def import_execpool() -> Any:
+    """The execpool under test: the installed one, or else the source tree next to this directory."""
+    try:
+        import execpool
+    except ImportError:
+        sys.path.insert(0, str(REPO / "src"))
+        import execpool
+    return execpool
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -312,6 +350,20 @@ class Table:
         return "\n".join(lines)
 
 
+def _columns(
+    head: str, label_width: int, unit_width: int, groups: Sequence[str], ratio_head: str, extra: Sequence[Column]
+) -> list[Column]:
+    """label [unit] reps | best median (per group) | ratio best median | extra | target met."""
+    cols = [Column(head, label_width, left=True)]
+    if unit_width:
+        cols.append(Column("unit", unit_width, left=True))
+    cols.append(Column("reps", 4))
+    for g in groups:
+        cols += [Column("best", 9, group=g), Column("median", 9, group=g)]
+    cols += [Column("best", 6, group=ratio_head), Column("median", 6, group=ratio_head), *extra]
+    return [*cols, Column("target", 8, left=True, group=" "), Column("met", 0, left=True, group=" ")]
+
+
 def pair_table(
     scenarios: Sequence[Scenario],
     sides: Sequence[tuple[str, str]],
@@ -324,21 +376,7 @@ def pair_table(
     group) each), the ratio of the one that is not the scenario's reference to the reference, the
     target and whether it is met."""
     (a_name, a_group), (b_name, b_group) = sides
-    cols = [Column(head, label_width, left=True)]
-    if unit:
-        cols.append(Column("unit", 6, left=True))
-    cols += [
-        Column("reps", 4),
-        Column("best", 9, group=a_group),
-        Column("median", 9, group=a_group),
-        Column("best", 9, group=b_group),
-        Column("median", 9, group=b_group),
-        Column("best", 6, group=ratio_head),
-        Column("median", 6, group=ratio_head),
-        Column("target", 8, left=True, group=" "),
-        Column("met", 0, left=True, group=" "),
-    ]
-    table = Table(cols)
+    table = Table(_columns(head, label_width, 6 if unit else 0, [a_group, b_group], ratio_head, ()))
     for sc in scenarios:
         a, b = sc.figure(a_name), sc.figure(b_name)
         units = [sc.unit] if unit else []
@@ -375,20 +413,7 @@ def grouped_table(
 
     A variant without figures gets a "-" row (none with ``skip_empty``), or "FAILED" if it is in
     ``Scenario.failed`` (``failed_line(scenario, name)`` makes that row's text instead, if given)."""
-    cols = [Column("scenario / variant", label_width, left=True)]
-    if unit:
-        cols.append(Column("unit", 5, left=True))
-    cols += [
-        Column("reps", 4),
-        Column("best", 9, group=figure_group),
-        Column("median", 9, group=figure_group),
-        Column("best", 6, group="ratio vs ref"),
-        Column("median", 6, group="ratio vs ref"),
-        *extra,
-        Column("target", 8, left=True, group=" "),
-        Column("met", 0, left=True, group=" "),
-    ]
-    table = Table(cols)
+    table = Table(_columns("scenario / variant", label_width, 5 if unit else 0, [figure_group], "ratio vs ref", extra))
     for sc in scenarios:
         table.line("%s (ref: %s)" % (sc.title, sc.label(sc.reference)))
         for name in sc.values:

@@ -28,7 +28,6 @@ execnet is needed as the reference: ``pip install -e '.[bench]'``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -43,7 +42,10 @@ from _harness import (
     Scenario,
     Target,
     alternate,
+    bench_parser,
+    chosen,
     execpool_description,
+    import_execpool,
     leftover_children,
     medians_ms,
     pair_table,
@@ -66,11 +68,7 @@ except ImportError:
     )
     sys.exit(2)
 
-try:
-    import execpool
-except ImportError:  # not installed: use the source tree next to this file
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
-    import execpool
+execpool = import_execpool()
 
 # -- remote code (kept Python 3.8-compatible: workers may be old interpreters) ----------
 
@@ -92,6 +90,7 @@ EXECPOOL = Gateways("execpool", execpool)
 EXECNET = Gateways("execnet", execnet)
 LIBS = (EXECPOOL, EXECNET)
 PHASES = ("make", "first", "exit")
+SCENARIOS = ("startup", "latency", "bulk", "small", "serializer")
 
 # -- scenarios ---------------------------------------------------------------------------
 # Each returns {lib name: [one value per repetition]} plus, where useful, details.
@@ -175,23 +174,10 @@ def describe_remote(spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__, "few repetitions and small sizes: a smoke test, not figures", SCENARIOS)
     parser.add_argument("--spec", default="popen", help="gateway spec for both libraries (default: %(default)s)")
-    parser.add_argument(
-        "--quick", action="store_true", help="few repetitions and small sizes: a smoke test, not figures"
-    )
-    parser.add_argument(
-        "--only",
-        default="startup,latency,bulk,small,serializer",
-        help="comma-separated subset of: startup,latency,bulk,small,serializer",
-    )
     args = parser.parse_args(argv)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"startup", "latency", "bulk", "small", "serializer"}
-    if unknown:
-        parser.error("unknown scenario(s): %s" % ", ".join(sorted(unknown)))
+    only = chosen(parser, args.only, SCENARIOS)
 
     if args.quick:
         p = dict(

@@ -31,7 +31,6 @@ rows are skipped with a note.  The task functions live in ``_pool_tasks.py``.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import statistics
@@ -52,11 +51,14 @@ from _harness import (
     Scenario,
     Target,
     alternate,
+    bench_parser,
+    chosen,
     default_remote_python,
     descendants,
     execpool_description,
     fmt,
     grouped_table,
+    import_execpool,
     package_version,
     print_footer,
     print_header,
@@ -72,6 +74,7 @@ HERE = Path(__file__).resolve().parent
 TIMEOUT = 120.0  # seconds any one map or first result may take before it counts as a failure
 WORKERS = 2
 CPU_TASK_SECONDS = 0.005
+WORKLOADS = ("trivial", "cpu", "bytes", "startup")
 
 FULL = dict(
     trivial_n=100_000,
@@ -111,12 +114,7 @@ mpire: Any = None
 def load_libraries() -> list[str]:
     """Import execpool (installed, or the source tree next to this file), loky and mpire; notes on what is missing."""
     global execpool, loky, mpire
-    try:
-        import execpool as ep
-    except ImportError:  # not installed: use the source tree next to this file
-        sys.path.insert(0, str(HERE.parent / "src"))
-        import execpool as ep
-    execpool = ep
+    execpool = import_execpool()
     notes = []
     try:
         import loky as lk
@@ -298,6 +296,7 @@ def start_pools(libs: list[Lib], warm: list[tuple[Callable[[Any], Any], list[Any
     """Start one pool per library and warm it up with a few tasks of each workload's function (untimed).
 
     Returns name -> (pool, seconds from start until warmed up)."""
+    t_all = time.perf_counter()
     pools: dict[str, tuple[Any, float]] = {}
     for lib in libs:
         t0 = time.perf_counter()
@@ -315,6 +314,7 @@ def start_pools(libs: list[Lib], warm: list[tuple[Callable[[Any], Any], list[Any
             stop_quietly(lib, pool, failures)
             continue
         pools[lib.name] = (pool, time.perf_counter() - t0)
+    print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t_all), flush=True)
     return pools
 
 
@@ -584,24 +584,15 @@ def startup_scenarios(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions and small sizes: a smoke test")
+    parser = bench_parser(__doc__, "few repetitions and small sizes: a smoke test", WORKLOADS)
     parser.add_argument("--no-ssh", action="store_true", help="local pools only (no sshd)")
     parser.add_argument(
         "--python",
         default=default_remote_python(),
         help="the interpreter of the ssh workers (default: %(default)s)",
     )
-    parser.add_argument(
-        "--only", default="trivial,cpu,bytes,startup", help="comma-separated subset of: trivial,cpu,bytes,startup"
-    )
     args = parser.parse_args(argv)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"trivial", "cpu", "bytes", "startup"}
-    if unknown:
-        parser.error("unknown workload(s): %s" % ", ".join(sorted(unknown)))
+    only = chosen(parser, args.only, WORKLOADS, "workload")
     p = QUICK if args.quick else FULL
 
     t_start = time.perf_counter()
@@ -669,9 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             variants["cpu"] = [Variant("serial", "serial, in the master", None), *plain]
         if "bytes" in only:
             variants["bytes"] = plain
-        t0 = time.perf_counter()
         pools = start_pools(libs, warm, failures)
-        print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t0), flush=True)
         try:
             scs, more = run_workloads(
                 "",
@@ -774,9 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             print("CONFIG : %s" % config, flush=True)
             if workloads:
                 plain = [Variant(lib.name, lib.label, lib) for lib in ssh_libs]
-                t0 = time.perf_counter()
                 pools = start_pools(ssh_libs, warm, failures)
-                print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t0), flush=True)
                 try:
                     scs, more = run_workloads(
                         "ssh ",

@@ -35,7 +35,6 @@ needs /usr/sbin/sshd and root (skipped with a note otherwise).
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import re
@@ -59,9 +58,11 @@ from _harness import (
     SshdRun,
     Target,
     alternate,
+    bench_parser,
     default_remote_python,
     execpool_description,
     grouped_table,
+    import_execpool,
     leftover_children,
     print_footer,
     print_header,
@@ -73,11 +74,7 @@ from _harness import (
 
 HERE = Path(__file__).resolve().parent
 
-try:
-    import execpool
-except ImportError:  # not installed: use the source tree next to this file
-    sys.path.insert(0, str(HERE.parent / "src"))
-    import execpool
+execpool = import_execpool()
 
 try:
     import execnet
@@ -565,7 +562,10 @@ def print_table(scenarios: list[Scenario], results: dict[str, dict[str, Outcome]
     return verdicts
 
 
-def stats_notes(results: dict[str, dict[str, Outcome]], variants: list[Variant], labels: dict[str, str]) -> list[str]:
+def print_notes(
+    results: dict[str, dict[str, Outcome]], variants: list[Variant], labels: dict[str, str], remark: str
+) -> None:
+    """The notes under a table: each variant's stats of its last runs, its gateway's start-up, ``remark``."""
     notes = []
     for v in variants:
         if v.kind == "execnet":
@@ -578,7 +578,11 @@ def stats_notes(results: dict[str, dict[str, Outcome]], variants: list[Variant],
             parts.append("%s %s" % (key, " ".join("%s=%s" % kv for kv in sorted(out.last_info.items()))))
         if parts:
             notes.append("%s stats of the last run: %s" % (labels.get(v.name, v.name), "; ".join(parts)))
-    return notes
+    for v in variants:
+        if v.startup is not None:
+            notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
+    for n in [*notes, remark]:
+        print("  " + n)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -603,10 +607,7 @@ def code_fingerprint() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller tree, 1 repetition: a smoke test")
+    parser = bench_parser(__doc__, "smaller tree, 1 repetition: a smoke test")
     parser.add_argument("--no-ssh", action="store_true", help="local variants only")
     parser.add_argument(
         "--python",
@@ -693,16 +694,13 @@ def main(argv: list[str] | None = None) -> int:
         scs = scenarios_of(results, local, "rsync", ["execpool"], "execpool", big_size, labels)
         verdicts += ["local: " + x for x in print_table(scs, results)]
         scenarios += scs
-        notes = stats_notes(results, local, labels)
-        for v in local:
-            if v.startup is not None:
-                notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
-        notes.append(
+        print_notes(
+            results,
+            local,
+            labels,
             "rsync copies whole files between local paths by default (-W); 'rsync -a --no-whole-file' shows its "
-            "delta algorithm on the same machine (delta scenario only)"
+            "delta algorithm on the same machine (delta scenario only)",
         )
-        for n in notes:
-            print("  " + n)
         print(flush=True)
         if any(out.failures for res in results.values() for out in res.values()):
             status = 1
@@ -752,16 +750,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             verdicts += ["ssh: " + x for x in print_table(scs, results)]
             scenarios += scs
-            notes = stats_notes(results, sshv, labels)
-            for v in sshv:
-                if v.startup is not None:
-                    notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
-            notes.append(
+            print_notes(
+                results,
+                sshv,
+                labels,
                 "rsync over ssh: each run is a new ssh connection (key exchange, the remote shell's ~/.bashrc) "
-                "and uses its delta algorithm; compare with 'execpool/openssh + start-up, exit'"
+                "and uses its delta algorithm; compare with 'execpool/openssh + start-up, exit'",
             )
-            for n in notes:
-                print("  " + n)
             if any(out.failures for res in results.values() for out in res.values()):
                 status = 1
     finally:

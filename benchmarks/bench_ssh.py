@@ -26,7 +26,6 @@ Needs /usr/sbin/sshd (Debian: ``apt-get install openssh-server``); execnet
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -43,8 +42,11 @@ from _harness import (
     Scenario,
     Target,
     alternate,
+    bench_parser,
+    chosen,
     execpool_description,
     grouped_table,
+    import_execpool,
     leftover_children,
     medians_ms,
     print_footer,
@@ -59,11 +61,7 @@ from _harness import (
 
 HERE = Path(__file__).resolve().parent
 
-try:
-    import execpool
-except ImportError:  # not installed: use the source tree next to this file
-    sys.path.insert(0, str(HERE.parent / "src"))
-    import execpool
+execpool = import_execpool()
 
 try:
     import execnet
@@ -77,6 +75,7 @@ except ImportError:
 
 WINDOW = 4  # bulk messages in flight
 PHASES = ("make", "first", "exit")
+SCENARIOS = ("startup", "bulk", "latency")
 
 # -- the variants --------------------------------------------------------------------------
 
@@ -214,21 +213,12 @@ def openssh_cipher(config: Path, host: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions and small sizes: a smoke test")
+    parser = bench_parser(__doc__, "few repetitions and small sizes: a smoke test", SCENARIOS)
     parser.add_argument(
         "--python", default="python3", help="the remote interpreter, for every variant (default: %(default)s)"
     )
-    parser.add_argument(
-        "--only", default="startup,bulk,latency", help="comma-separated subset of: startup,bulk,latency"
-    )
     args = parser.parse_args(argv)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"startup", "bulk", "latency"}
-    if unknown:
-        parser.error("unknown scenario(s): %s" % ", ".join(sorted(unknown)))
+    only = chosen(parser, args.only, SCENARIOS)
 
     reason = sshd_missing()
     if reason is not None:

@@ -44,7 +44,6 @@ and pytest-timeout, whose pytest plugins then load in both variants alike.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -66,6 +65,7 @@ from _harness import (
     Scenario,
     Target,
     alternate,
+    bench_parser,
     fmt,
     machine_description,
     package_version,
@@ -457,9 +457,7 @@ def installed_plugins() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--tests", type=int, default=300, help="tests in the generated suite (default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="pytest -n WORKERS (default %(default)s)")
     parser.add_argument(
