@@ -589,15 +589,16 @@ def print_notes(
 
 
 def code_fingerprint() -> str:
-    """A hash of execpool's RSync sources as they are on disk now: RSync.send() ships the receiver's
+    """A hash of execpool's RSync sources as they are on disk now (every ``*rsync*.py`` of the package,
+    wherever it lives: the receiver moves with the worker-side folder): RSync.send() ships the receiver's
     file text at every call, so an edit during the run would mix versions."""
     import hashlib
 
     h = hashlib.sha256()
     here = Path(execpool.__file__).parent
-    for name in ("rsync.py", "_rsync_receiver.py"):
+    for path in sorted(here.rglob("*rsync*.py")):
         try:
-            h.update((here / name).read_bytes())
+            h.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
         except OSError:
             pass
     return h.hexdigest()[:12]
