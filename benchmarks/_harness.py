@@ -13,8 +13,9 @@ It owns, in this order:
   saying so when the best ratio disagrees), :class:`Table` (fixed-width columns in groups), and the two
   layouts built from them: :func:`pair_table` (one row per scenario, two libraries side by side) and
   :func:`grouped_table` (a block per scenario, a row per variant, ratios to the reference row);
-* **the RESULTS.md formatting**: :func:`results_row` (the "all runs at a glance" row of median ratios)
-  and :meth:`Table.markdown`;
+* **the RESULTS.md formatting**: :func:`results_row` (the "all runs at a glance" row of median ratios),
+  and with ``--markdown`` (:data:`OUTPUT`) the header as a "When, where, what" list and every table
+  again as Markdown (:meth:`Table.markdown`);
 * **the header and footer**: :func:`print_header` (script, date, machine, master interpreter, execpool
   checkout, load, mode) and :func:`print_footer` (notes, left-over processes, load, total time);
 * **process checks**: :func:`descendants`, :func:`wait_gone`, :func:`leftover_children`,
@@ -57,11 +58,33 @@ REPO = HERE.parent
 # -- command line and imports -------------------------------------------------------------------
 
 
+@dataclass
+class Output:
+    """How this run reports, beyond the text tables (set from the command line by :class:`BenchParser`)."""
+
+    markdown: bool = False  # also print the header and every table as Markdown, for RESULTS.md
+
+
+OUTPUT = Output()
+
+
+class BenchParser(argparse.ArgumentParser):
+    """An ArgumentParser with ``--markdown``, whose parse_args() sets :data:`OUTPUT`."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        OUTPUT.markdown = bool(parsed.markdown)
+        return parsed
+
+
 def bench_parser(doc: str, quick_help: str = "", only: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser a script starts from: its docstring's first paragraph as the description, ``--quick``
-    (if ``quick_help``) and ``--only`` (if ``only`` names the scenarios; see :func:`chosen`)."""
-    parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    (if ``quick_help``), ``--only`` (if ``only`` names the scenarios; see :func:`chosen`) and ``--markdown``."""
+    parser = BenchParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="also print the header and the tables as Markdown (for RESULTS.md)",
     )
     if quick_help:
         parser.add_argument("--quick", action="store_true", help=quick_help)
@@ -338,7 +361,10 @@ class Table:
         return "\n".join(lines)
 
     def print(self, footer: str = "", out: TextIO | None = None) -> None:
+        """Print the table (and, with ``--markdown``, the same as Markdown after it)."""
         print(self.render(footer), file=out or sys.stdout)
+        if OUTPUT.markdown:
+            print("\nMarkdown:\n\n" + self.markdown() + "\n", file=out or sys.stdout)
 
     def markdown(self) -> str:
         """The same table as Markdown (for RESULTS.md): title lines become rows with the title in bold."""
@@ -539,6 +565,10 @@ def print_header(
     print("%s  %s" % (bench, date), file=out)
     for label, text in lines:
         print("%-7s: %s" % (label, text), file=out)
+    if OUTPUT.markdown:  # the "When, where, what" list of RESULTS.md
+        print("\nMarkdown:\n\n* **Date:** %s (`%s`)" % (date, bench), file=out)
+        for label, text in lines:
+            print("* **%s:** %s" % (label[:1].upper() + label[1:], text), file=out)
     print(file=out, flush=True)
     return date
 
@@ -666,7 +696,8 @@ def sshd_missing() -> str | None:
         sys.path.insert(0, str(REPO / "tests"))
     from sshd import sshd_missing_reason
 
-    return sshd_missing_reason()
+    reason: str | None = sshd_missing_reason()
+    return reason
 
 
 @dataclass
