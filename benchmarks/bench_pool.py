@@ -31,13 +31,8 @@ rows are skipped with a note.  The task functions live in ``_pool_tasks.py``.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
 import multiprocessing
 import os
-import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -50,21 +45,36 @@ from typing import Any
 # modules: spawned workers (multiprocessing "spawn", loky) re-run it as __mp_main__, and should
 # pay what they pay for a small user script, not for importing every library measured here.
 import _pool_tasks as tasks
-from _common import (
+from _harness import (
+    Column,
     MiB,
+    Scenario,
+    Target,
+    alternate,
+    bench_parser,
+    chosen,
     default_remote_python,
     descendants,
-    end_sessions,
+    execpool_description,
     fmt,
-    machine_description,
-    rotate,
+    grouped_table,
+    import_execpool,
+    package_version,
+    print_footer,
+    print_header,
+    process_state,
+    results_row,
+    running_sshd,
     source_revision,
+    sshd_missing,
+    wait_gone,
 )
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 120.0  # seconds any one map or first result may take before it counts as a failure
 WORKERS = 2
 CPU_TASK_SECONDS = 0.005
+WORKLOADS = ("trivial", "cpu", "bytes", "startup")
 
 FULL = dict(
     trivial_n=100_000,
@@ -104,12 +114,7 @@ mpire: Any = None
 def load_libraries() -> list[str]:
     """Import execpool (installed, or the source tree next to this file), loky and mpire; notes on what is missing."""
     global execpool, loky, mpire
-    try:
-        import execpool as ep
-    except ImportError:  # not installed: use the source tree next to this file
-        sys.path.insert(0, str(HERE.parent / "src"))
-        import execpool as ep
-    execpool = ep
+    execpool = import_execpool()
     notes = []
     try:
         import loky as lk
@@ -124,15 +129,6 @@ def load_libraries() -> list[str]:
     except ImportError:
         notes.append("mpire is not installed (pip install -e '.[bench]'): its rows are skipped")
     return notes
-
-
-def package_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 # -- the libraries ---------------------------------------------------------------------------
@@ -300,6 +296,7 @@ def start_pools(libs: list[Lib], warm: list[tuple[Callable[[Any], Any], list[Any
     """Start one pool per library and warm it up with a few tasks of each workload's function (untimed).
 
     Returns name -> (pool, seconds from start until warmed up)."""
+    t_all = time.perf_counter()
     pools: dict[str, tuple[Any, float]] = {}
     for lib in libs:
         t0 = time.perf_counter()
@@ -317,6 +314,7 @@ def start_pools(libs: list[Lib], warm: list[tuple[Callable[[Any], Any], list[Any
             stop_quietly(lib, pool, failures)
             continue
         pools[lib.name] = (pool, time.perf_counter() - t0)
+    print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t_all), flush=True)
     return pools
 
 
@@ -339,32 +337,28 @@ def run_map(
     """Time ``map(func, items)`` for every variant, ``reps`` times, in a rotating order.
 
     Returns wall-clock seconds and the master's CPU seconds (all its threads) per run."""
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    cpu: dict[str, list[float]] = {v.name: [] for v in variants}
-    broken: set[str] = set()
-    for rep in range(reps):
-        for v in rotate(variants, rep):
-            if v.name in broken or (v.lib is not None and v.lib.name not in pools):
-                continue
-            part = items[: len(items) // v.fraction]
-            gc.collect()
-            try:
-                c0 = time.process_time()
-                t0 = time.perf_counter()
-                if v.lib is None:
-                    out = [func(x) for x in part]
-                else:
-                    out = v.lib.map(pools[v.lib.name][0], func, part, v.chunksize)
-                t = time.perf_counter() - t0
-                c = time.process_time() - c0
-                if out != expected[: len(part)]:
-                    raise AssertionError("wrong results (%d values, first %r)" % (len(out), out[:3]))
-            except Exception as exc:
-                failures.add("%s: %s" % (v.label, func.__name__), exc)
-                broken.add(v.name)
-                continue
-            times[v.name].append(t * v.fraction)
-            cpu[v.name].append(c * v.fraction)
+
+    def once(v: Variant, rep: int) -> tuple[float, float]:
+        part = items[: len(items) // v.fraction]
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        if v.lib is None:
+            out = [func(x) for x in part]
+        else:
+            out = v.lib.map(pools[v.lib.name][0], func, part, v.chunksize)
+        t = time.perf_counter() - t0
+        c = time.process_time() - c0
+        if out != expected[: len(part)]:
+            raise AssertionError("wrong results (%d values, first %r)" % (len(out), out[:3]))
+        return t * v.fraction, c * v.fraction
+
+    def failed(v: Variant, rep: int, exc: Exception) -> None:
+        failures.add("%s: %s" % (v.label, func.__name__), exc)
+
+    ready = [v for v in variants if v.lib is None or v.lib.name in pools]
+    runs = alternate(ready, reps, once, on_error=failed)
+    times = {v.name: [t for t, _ in runs.get(v, [])] for v in variants}
+    cpu = {v.name: [c for _, c in runs.get(v, [])] for v in variants}
     return times, cpu
 
 
@@ -378,9 +372,17 @@ def is_helper(cmdline: str) -> bool:
 NOT_WORKERS: set[int] = set()
 
 
+def is_worker(pid: int, cmdline: str) -> bool:
+    """Whether a descendant of this process belongs to a pool: local workers, ssh clients, sshd sessions."""
+    return not is_helper(cmdline) and pid not in NOT_WORKERS
+
+
 def workers_left() -> dict[int, str]:
-    """This process's descendants that belong to a pool: local workers, ssh clients, sshd sessions."""
-    return {pid: cmd for pid, cmd in descendants(os.getpid()).items() if not is_helper(cmd) and pid not in NOT_WORKERS}
+    return descendants(os.getpid(), is_worker)
+
+
+def wait_gone_workers(seconds: float) -> dict[int, str]:
+    return wait_gone(os.getpid(), seconds, is_worker, poll=0.05)
 
 
 class Startup:
@@ -400,7 +402,6 @@ class Startup:
 def bench_startup(libs: list[Lib], reps: int, warmup: bool, failures: Failures) -> Startup:
     """Create + first result, and create + first result + stop, per library, ``reps`` times in a rotating order."""
     out = Startup(libs)
-    broken: set[str] = set()
 
     def once(lib: Lib, record: bool) -> None:
         c0 = time.process_time()
@@ -435,44 +436,14 @@ def bench_startup(libs: list[Lib], reps: int, warmup: bool, failures: Failures) 
             for key, value in zip(("create", "first", "stop"), (t1 - t0, t2 - t1, t3 - t2), strict=True):
                 out.phases[lib.name][key].append(value)
 
-    if warmup:  # one untimed run each: page caches, lazy imports, the resource trackers' start
-        for lib in libs:
-            try:
-                once(lib, False)
-            except Exception as exc:
-                failures.add("%s: start-up warm-up" % lib.label, exc)
-                broken.add(lib.name)
-    for rep in range(reps):
-        for lib in rotate(libs, rep):
-            if lib.name in broken:
-                continue
-            gc.collect()
-            try:
-                once(lib, True)
-            except Exception as exc:
-                failures.add("%s: start-up" % lib.label, exc)
-                broken.add(lib.name)
-                wait_gone_workers(10.0)
+    def failed(lib: Lib, rep: int, exc: Exception) -> None:
+        failures.add("%s: %s" % (lib.label, "start-up warm-up" if rep < 0 else "start-up"), exc)
+        if rep >= 0:
+            wait_gone_workers(10.0)
+
+    # warmup: one untimed run each: page caches, lazy imports, the resource trackers' start
+    alternate(libs, reps, lambda lib, rep: once(lib, rep >= 0), warmup=warmup, on_error=failed)
     return out
-
-
-def process_state(pid: int) -> str:
-    """The state letter of a process (R, S, Z...; Linux /proc) or 'gone'."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-        return stat[stat.rfind(b")") + 2 :].split()[0].decode()
-    except (OSError, IndexError):
-        return "gone"
-
-
-def wait_gone_workers(seconds: float) -> dict[int, str]:
-    deadline = time.monotonic() + seconds
-    left = workers_left()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = workers_left()
-    return left
 
 
 def calibrate(seconds: float) -> int:
@@ -497,105 +468,34 @@ def _timed(func: Callable[[Any], Any], arg: Any) -> float:
 # -- reporting -------------------------------------------------------------------------------
 
 
-class Scenario:
-    """Rows of one workload: seconds per variant, shown in ms, with ratios to the reference row."""
-
-    def __init__(
-        self,
-        title: str,
-        times: dict[str, list[float]],
-        cpu: dict[str, list[float]],
-        labels: dict[str, str],
-        reference: str,
-        target: tuple[str, float] | None = None,
-        failed: set[str] | None = None,
-    ) -> None:
-        self.title = title
-        self.times = times
-        self.cpu = cpu
-        self.labels = labels
-        self.reference = reference
-        self.target = target  # (variant name, highest median ratio)
-        self.failed = failed or set()
-
-    def label(self, name: str) -> str:
-        return self.labels.get(name, name)
-
-    def stats(self, name: str) -> tuple[float, float] | None:
-        vals = self.times.get(name) or []
-        return (min(vals), statistics.median(vals)) if vals else None
-
-    def verdict(self) -> tuple[bool, bool, float, float] | None:
-        """(met on the median, met on the best, median ratio, best ratio) of the target row, if measurable."""
-        if self.target is None:
-            return None
-        ref, row = self.stats(self.reference), self.stats(self.target[0])
-        if ref is None or row is None:
-            return None
-        rb, rm = row[0] / ref[0], row[1] / ref[1]
-        return rm <= self.target[1], rb <= self.target[1], rm, rb
-
-
-LINE = "%-52s %4s | %9s %9s | %6s %6s | %9s | %-8s %s"
-
-
-def print_table(scenarios: list[Scenario]) -> None:
-    head = LINE % ("scenario / variant", "reps", "best", "median", "best", "median", "median", "target", "met")
-    print("%-57s | %-19s | %-13s | %-9s |" % ("", "time, ms", "ratio vs ref", "master"))
-    print("%-57s | %-19s | %-13s | %-9s |" % ("", "", "", "CPU, ms"))
-    print(head)
-    print("-" * len(head))
-    for sc in scenarios:
-        print("%s (ref: %s)" % (sc.title, sc.label(sc.reference)))
-        ref = sc.stats(sc.reference)
-        verdict = sc.verdict()
-        for name, vals in sc.times.items():
-            label = "  " + sc.label(name)
-            st = sc.stats(name)
-            if st is None:
-                print(LINE % (label, 0, "FAILED" if name in sc.failed else "-", "-", "-", "-", "-", "", ""))
-                continue
-            if ref is None:
-                rb_text = rm_text = "-"
-            elif name == sc.reference:
-                rb_text = rm_text = "ref"
-            else:
-                rb_text, rm_text = "%.2fx" % (st[0] / ref[0]), "%.2fx" % (st[1] / ref[1])
-            cpu = sc.cpu.get(name) or []
-            cpu_text = fmt(1000 * statistics.median(cpu)) if cpu else "-"
-            target = met = ""
-            if sc.target is not None and name == sc.target[0] and verdict is not None:
-                target = "<= %gx" % sc.target[1]
-                met = "yes" if verdict[0] else "NO"
-                if verdict[0] != verdict[1]:
-                    met += " (best: %s)" % ("yes" if verdict[1] else "no")
-            print(
-                LINE % (label, len(vals), fmt(1000 * st[0]), fmt(1000 * st[1]), rb_text, rm_text, cpu_text, target, met)
-            )
-    print("-" * len(head))
-    print(
-        "ratio = variant time / reference time; best = min over the reps, median = median; 'met' is judged on the\n"
-        "median ratio (and says so when the best ratio disagrees).  master CPU = CPU time of the benchmark process\n"
-        "(all its threads: the pool's own threads included, the workers not) over the same span."
+def scenario(
+    title: str,
+    times: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    labels: dict[str, str],
+    reference: str,
+    target: tuple[str, float] | None = None,
+    failed: set[str] | None = None,
+) -> Scenario:
+    """Rows of one workload: seconds per variant, shown in ms, with ratios to the reference row and
+    the master's CPU time (median, ms)."""
+    return Scenario(
+        title,
+        times,
+        reference,
+        {target[0]: Target("<=", target[1])} if target else {},
+        scale=1000,
+        labels=labels,
+        failed=failed or set(),
+        extra={"median": {name: fmt(1000 * statistics.median(vals)) for name, vals in cpu.items() if vals}},
     )
 
 
-def summary_line(sc: Scenario) -> str:
-    verdict, ref, row = sc.verdict(), sc.stats(sc.reference), sc.stats(sc.target[0] if sc.target else "")
-    if sc.target is None:
-        return ""
-    if verdict is None or ref is None or row is None:
-        return "%s: not measured (failed)" % sc.title
-    return "%s: %s %s ms vs %s %s ms (medians) = %.2fx (best %.2fx), target <= %gx: %s" % (
-        sc.title,
-        sc.label(sc.target[0]),
-        fmt(1000 * row[1]),
-        sc.label(sc.reference),
-        fmt(1000 * ref[1]),
-        verdict[2],
-        verdict[3],
-        sc.target[1],
-        "met" if verdict[0] else "MISSED",
+def print_table(scenarios: list[Scenario]) -> None:
+    grouped_table(scenarios, 52, "time, ms", extra=[Column("median", 9, group="master\nCPU, ms")]).print(
+        "ratio = variant time / reference time; best = min over the reps, median = median; 'met' is judged on the\n"
+        "median ratio (and says so when the best ratio disagrees).  master CPU = CPU time of the benchmark process\n"
+        "(all its threads: the pool's own threads included, the workers not) over the same span."
     )
 
 
@@ -657,7 +557,7 @@ def run_workloads(
                     "median of 9 before the pools started: %.2f ms)"
                     % (prefix, ", ".join(per_task), 1000 * data["cpu_task"])
                 )
-        scenarios.append(Scenario(titles[key], times, cpu, labels, ref[key], targets.get(key), failed))
+        scenarios.append(scenario(titles[key], times, cpu, labels, ref[key], targets.get(key), failed))
     return scenarios, notes
 
 
@@ -666,8 +566,8 @@ def startup_scenarios(
 ) -> tuple[list[Scenario], list[str]]:
     labels = {lib.name: lib.label for lib in libs}
     scenarios = [
-        Scenario(prefix + "start-up: create + first result", st.first, st.cpu_first, labels, reference, target),
-        Scenario(prefix + "start-up + stop: create + first result + stop", st.full, st.cpu_full, labels, reference),
+        scenario(prefix + "start-up: create + first result", st.first, st.cpu_first, labels, reference, target),
+        scenario(prefix + "start-up + stop: create + first result + stop", st.full, st.cpu_full, labels, reference),
     ]
     notes = []
     width = max(len(lib.label) for lib in libs)
@@ -684,45 +584,30 @@ def startup_scenarios(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions and small sizes: a smoke test")
+    parser = bench_parser(__doc__, "few repetitions and small sizes: a smoke test", WORKLOADS)
     parser.add_argument("--no-ssh", action="store_true", help="local pools only (no sshd)")
     parser.add_argument(
         "--python",
         default=default_remote_python(),
         help="the interpreter of the ssh workers (default: %(default)s)",
     )
-    parser.add_argument(
-        "--only", default="trivial,cpu,bytes,startup", help="comma-separated subset of: trivial,cpu,bytes,startup"
-    )
     args = parser.parse_args(argv)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"trivial", "cpu", "bytes", "startup"}
-    if unknown:
-        parser.error("unknown workload(s): %s" % ", ".join(sorted(unknown)))
+    only = chosen(parser, args.only, WORKLOADS, "workload")
     p = QUICK if args.quick else FULL
 
     t_start = time.perf_counter()
     notes = load_libraries()
-    print("bench_pool  %s" % datetime.datetime.now().isoformat(timespec="seconds"))
-    print("machine: %s" % machine_description())
-    print("master : %s %s (%s)" % (platform.python_implementation(), platform.python_version(), sys.executable))
-    ep_dir = os.path.dirname(execpool.__file__)
-    rev = source_revision(ep_dir)
-    print("execpool %s (%s%s)" % (execpool.__version__, ep_dir, ", git " + rev if rev else ""))
+    fields = [("execpool", execpool_description(os.path.dirname(execpool.__file__)))]
     for mod in (loky, mpire):
         if mod is not None:
-            print("%-8s %s (%s)" % (mod.__name__, package_version(mod.__name__), os.path.dirname(mod.__file__)))
-    print(
-        "stdlib : multiprocessing, concurrent.futures; default start method here: %s"
-        % multiprocessing.get_start_method()
+            fields.append((mod.__name__, "%s (%s)" % (package_version(mod.__name__), os.path.dirname(mod.__file__))))
+    fields.append(
+        (
+            "stdlib",
+            "multiprocessing, concurrent.futures; default start method here: %s" % multiprocessing.get_start_method(),
+        )
     )
-    if hasattr(os, "getloadavg"):
-        print("load   : %.2f %.2f %.2f (1/5/15 min) on %s CPUs" % (*os.getloadavg(), os.cpu_count()))
-    print("mode   : %s" % ("quick (smoke test; figures not meaningful)" if args.quick else "full"))
-    print(flush=True)
+    print_header("bench_pool", fields, quick=args.quick)
 
     failures = Failures()
     scenarios: list[Scenario] = []
@@ -775,9 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             variants["cpu"] = [Variant("serial", "serial, in the master", None), *plain]
         if "bytes" in only:
             variants["bytes"] = plain
-        t0 = time.perf_counter()
         pools = start_pools(libs, warm, failures)
-        print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t0), flush=True)
         try:
             scs, more = run_workloads(
                 "",
@@ -843,24 +726,20 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # -- ssh -----------------------------------------------------------------------------------
-    left_remote: dict[int, str] = {}
-    reason = "--no-ssh given" if args.no_ssh else None
-    if reason is None:
-        sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
-        from sshd import SshServer, sshd_missing_reason
-
-        reason = sshd_missing_reason()
+    left_remote: dict[int, str] | None = None
+    reason = "--no-ssh given" if args.no_ssh else sshd_missing()
     print()
     if reason is not None:
         print("== over ssh: skipped (%s) ==" % reason)
         notes.append("ssh: skipped (%s)" % reason)
     else:
-        tmp = tempfile.mkdtemp(prefix="bench_pool-")
-        server = None
-        try:
-            server = SshServer.start(Path(tmp) / "sshd")
-            if server.proc is not None:
-                NOT_WORKERS.add(server.proc.pid)
+        with (
+            tempfile.TemporaryDirectory(prefix="bench_pool-", ignore_cleanup_errors=True) as tmp,
+            running_sshd(Path(tmp) / "sshd") as sshd,
+        ):
+            server = sshd.server
+            if sshd.pid is not None:
+                NOT_WORKERS.add(sshd.pid)
             extra = "//python=%s" % args.python
             hosts = [server.spec(h, extra) for h in ("host-a", "host-b", "host-c")]
             pair = server.spec("host-a", extra + "//workers=2")
@@ -884,9 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             print("CONFIG : %s" % config, flush=True)
             if workloads:
                 plain = [Variant(lib.name, lib.label, lib) for lib in ssh_libs]
-                t0 = time.perf_counter()
                 pools = start_pools(ssh_libs, warm, failures)
-                print("  %-40s [%.1f s]" % ("pools started and warmed up", time.perf_counter() - t0), flush=True)
                 try:
                     scs, more = run_workloads(
                         "ssh ",
@@ -909,15 +786,15 @@ def main(argv: list[str] | None = None) -> int:
                             notes.append("%s workers: %s" % (lib.label, lib.describe(pools[lib.name][0])))
                     local_cpu = next((sc for sc in scenarios if sc.title.startswith("cpu")), None)
                     ssh_cpu = next((sc for sc in scs if sc.title.startswith("ssh cpu")), None)
-                    ideal = local_cpu.stats("ideal") if local_cpu is not None else None
+                    ideal = local_cpu.figure("ideal") if local_cpu is not None else None
                     if ssh_cpu is not None and ideal is not None:
                         notes.append(
                             "ssh cpu, median ratio to the ideal of the local cpu rows (%s ms): %s"
                             % (
-                                fmt(1000 * ideal[1]),
+                                fmt(ideal.median),
                                 ", ".join(
-                                    "%s %.2fx" % (name, statistics.median(vals) / ideal[1])
-                                    for name, vals in ssh_cpu.times.items()
+                                    "%s %.2fx" % (name, 1000 * statistics.median(vals) / ideal.median)
+                                    for name, vals in ssh_cpu.values.items()
                                     if vals
                                 ),
                             )
@@ -938,38 +815,29 @@ def main(argv: list[str] | None = None) -> int:
                     "ssh start-up: %d runs each%s; every run logs in anew (one ssh connection per host)"
                     % (p["ssh_startup_reps"], "" if args.quick else ", after one untimed warm-up run each")
                 )
-        finally:
-            if server is not None:
-                if server.proc is not None:
-                    left_remote = end_sessions(server.proc.pid)
-                server.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
+        left_remote = sshd.left
 
     # -- the table -----------------------------------------------------------------------------
     print()
     print_table(scenarios)
-    for n in notes:
-        print("  " + n)
-    print("summary:")
-    for sc in scenarios:
-        if sc.target is not None:
-            print("  " + summary_line(sc))
-    for f in failures.items:
-        print("  FAILED: " + f)
+    rev = source_revision(os.path.dirname(execpool.__file__))
+    notes.append("RESULTS.md row: %s" % results_row("quick" if args.quick else "full", rev, scenarios))
+    summary = [sc.summary(name) for sc in scenarios for name in sc.targets]
+    summary += ["FAILED: " + f for f in failures.items]
     left_local = wait_gone_workers(2.0)
     helpers = [pid for pid, cmd in descendants(os.getpid()).items() if is_helper(cmd)]
-    print("  leftover local child processes: %s" % (left_local or "none"))
     if helpers:
-        print(
-            "  (not counted: %d resource tracker(s) of multiprocessing / loky, kept until this process ends)"
+        summary.append(
+            "(not counted: %d resource tracker(s) of multiprocessing / loky, kept until this process ends)"
             % len(helpers)
         )
-    if reason is None:
-        print("  leftover sshd sessions or workers: %s" % (left_remote or "none"))
-    if hasattr(os, "getloadavg"):
-        print("  load at the end: %.2f %.2f %.2f" % os.getloadavg())
-    print("  total benchmark time: %.1f s" % (time.perf_counter() - t_start))
-    return 1 if left_local or left_remote or failures.items else 0
+    left = print_footer(
+        notes,
+        {"local child processes": left_local, "sshd sessions or workers": left_remote},
+        t_start,
+        summary=summary,
+    )
+    return 1 if left or failures.items else 0
 
 
 if __name__ == "__main__":

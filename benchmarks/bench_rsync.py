@@ -35,11 +35,7 @@ needs /usr/sbin/sshd and root (skipped with a note otherwise).
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
 import os
-import platform
 import random
 import re
 import shlex
@@ -50,30 +46,35 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from _harness import (
+    Column,
+    Gateways,
     MiB,
+    Scenario,
+    SshdRun,
+    Target,
+    alternate,
+    bench_parser,
     default_remote_python,
-    descendants,
-    end_sessions,
-    exit_execnet,
-    fmt,
-    rotate,
+    execpool_description,
+    grouped_table,
+    import_execpool,
+    leftover_children,
+    print_footer,
+    print_header,
+    results_row,
+    running_sshd,
     source_revision,
+    sshd_missing,
 )
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' sshd helper
 
-from sshd import SshServer, sshd_missing_reason  # noqa: E402
-
-try:
-    import execpool
-except ImportError:  # not installed: use the source tree next to this file
-    sys.path.insert(0, str(HERE.parent / "src"))
-    import execpool
+execpool = import_execpool()
 
 try:
     import execnet
@@ -87,7 +88,6 @@ except ImportError:
 
 RSYNC = shutil.which("rsync", path="/usr/bin:" + os.environ.get("PATH", "")) or "/usr/bin/rsync"
 MB = 1000 * 1000
-EXIT_TIMEOUT = 10.0
 SCENARIOS = ("initial", "nochange", "touched", "delta")
 TITLES = {
     "initial": "initial sync (empty destination)",
@@ -270,36 +270,25 @@ class ExecpoolVariant(Variant):
         super().__init__(name, dest)
         self.spec = spec
         self.fresh = fresh  # True: each sync starts and exits its own gateway, inside the timing
+        self.gateways = Gateways(name, execpool, spec)
         self.gw: Any = None
-        self.live: list[Any] = []
-
-    def _make(self) -> Any:
-        gw = execpool.makegateway(self.spec)
-        self.live.append(gw)
-        return gw
-
-    def _exit(self, gw: Any) -> None:
-        gw.exit(EXIT_TIMEOUT)  # returns once the worker is gone
-        if gw in self.live:
-            self.live.remove(gw)
 
     def setup(self) -> None:
         if not self.fresh:
             t0 = time.perf_counter()
-            self.gw = self._make()
-            self.gw.remote_exec("channel.send(1)").receive(60)
+            self.gw = self.gateways.make_ready()
             self.startup = time.perf_counter() - t0
 
     def sync(self, src: str) -> SyncResult:
         t0 = time.perf_counter()
-        gw = self._make() if self.fresh else self.gw
+        gw = self.gateways.make() if self.fresh else self.gw
         try:
             rs = execpool.RSync(src, verbose=False)
             rs.add_target(gw, self.dest)
             rs.send()
         finally:
             if self.fresh:
-                self._exit(gw)
+                self.gateways.exit(gw)
         t = time.perf_counter() - t0
         stats = dict(rs.stats.get(gw.id, {}))
         # after the block-level delta: "literal" = bytes sent as new data, "copied" = reused at the target
@@ -307,12 +296,7 @@ class ExecpoolVariant(Variant):
         return SyncResult(t, sent, stats, list(rs.problems))
 
     def close(self) -> None:
-        for gw in list(self.live):
-            try:
-                self._exit(gw)
-            except Exception as exc:  # pragma: no cover - best effort clean-up
-                print("warning: exiting an execpool gateway failed: %r" % (exc,), file=sys.stderr)
-        self.live.clear()
+        self.gateways.exit_all()
 
 
 class CountingRSync(execnet.RSync):
@@ -332,13 +316,12 @@ class ExecnetVariant(Variant):
 
     def __init__(self, name: str, dest: str, spec: str) -> None:
         super().__init__(name, dest)
-        self.spec = spec
+        self.gateways = Gateways(name, execnet, spec)
         self.gw: Any = None
 
     def setup(self) -> None:
         t0 = time.perf_counter()
-        self.gw = execnet.makegateway(self.spec)
-        self.gw.remote_exec("channel.send(1)").receive(60)
+        self.gw = self.gateways.make_ready()
         self.startup = time.perf_counter() - t0
 
     def sync(self, src: str) -> SyncResult:
@@ -350,11 +333,8 @@ class ExecnetVariant(Variant):
         return SyncResult(t, rs.sent, {"files": rs.files})
 
     def close(self) -> None:
-        gw, self.gw = self.gw, None
-        if gw is None:
-            return
-        # as execnet's Group.terminate(): exit, join the receiver, wait for the process (bounded)
-        exit_execnet(gw, EXIT_TIMEOUT)
+        self.gw = None
+        self.gateways.exit_all()  # as execnet's Group.terminate(): exit, join, wait for the process
 
 
 RSYNC_STATS = {
@@ -431,6 +411,7 @@ def run_scenarios(
     results: dict[str, dict[str, Outcome]] = {}
     srcs = str(src)
     present: set[str] = set()  # variants whose destination is in sync with the source
+    changed: list[str] = []  # the files the current repetition changed
     for key in SCENARIOS:
         taking = [v for v in variants if key in v.scenarios]
         results[key] = {v.name: Outcome() for v in taking}
@@ -439,38 +420,42 @@ def run_scenarios(
             if key != "initial" and v.name not in present:
                 subprocess.run([RSYNC, "-a", srcs + "/", v.dest + "/"], check=True)
                 present.add(v.name)
-        for rep in range(reps[key]):
-            changed: list[str] = []
+
+        def change(rep: int, key: str = key) -> None:
+            """The repetition's change, made once and synced by every variant (untimed)."""
+            changed.clear()
             if key == "touched":
-                changed = touch_files(src, files, big, rng)
+                changed.extend(touch_files(src, files, big, rng))
             elif key == "delta":
                 change_big(src / big, rng)
-                changed = [big]
-            for v in rotate(taking, rep):
-                out = results[key][v.name]
-                if key == "initial":
-                    shutil.rmtree(v.dest, ignore_errors=True)
-                os.sync()  # the previous run's writes are not this run's cost
-                gc.collect()
-                try:
-                    res = v.sync(srcs)
-                except Exception as exc:
-                    out.failures.append("rep %d: %s: %s" % (rep, type(exc).__name__, exc))
-                    continue
-                present.add(v.name)
-                check = sorted(set(pick.sample(files, min(25, len(files))) + changed))
-                if key == "initial" and big not in check:
-                    check.append(big)
-                err, n = verify(srcs, v.dest, check)
-                if err is None and res.problems:
-                    err = "RSync reported problems: %s" % res.problems[:3]
-                if err is not None:
-                    out.failures.append("rep %d: %s" % (rep, err))
-                    continue
-                out.times.append(res.seconds)
-                out.sent.append(res.sent)
-                out.last_info = res.info
-                out.compared += n
+                changed.append(big)
+
+        def run(v: Variant, rep: int, key: str = key) -> None:
+            out = results[key][v.name]
+            if key == "initial":
+                shutil.rmtree(v.dest, ignore_errors=True)
+            os.sync()  # the previous run's writes are not this run's cost
+            try:
+                res = v.sync(srcs)
+            except Exception as exc:
+                out.failures.append("rep %d: %s: %s" % (rep, type(exc).__name__, exc))
+                return
+            present.add(v.name)
+            check = sorted(set(pick.sample(files, min(25, len(files))) + changed))
+            if key == "initial" and big not in check:
+                check.append(big)
+            err, n = verify(srcs, v.dest, check)
+            if err is None and res.problems:
+                err = "RSync reported problems: %s" % res.problems[:3]
+            if err is not None:
+                out.failures.append("rep %d: %s" % (rep, err))
+                return
+            out.times.append(res.seconds)
+            out.sent.append(res.sent)
+            out.last_info = res.info
+            out.compared += n
+
+        alternate(taking, reps[key], run, before_rep=change)
         parts = []
         for v in taking:
             out = results[key][v.name]
@@ -501,7 +486,7 @@ def fmt_bytes(n: float) -> str:
     return "%d B" % n
 
 
-def print_table(
+def scenarios_of(
     results: dict[str, dict[str, Outcome]],
     variants: list[Variant],
     reference: str,
@@ -509,71 +494,78 @@ def print_table(
     bytes_target: str,
     big_size: int,
     labels: dict[str, str],
-) -> list[str]:
-    """Print the table; return the verdicts ("scenario variant: yes/NO ...") for the summary."""
-    verdicts = []
-    line = "%-36s %4s | %9s %9s | %6s %6s | %-18s | %-10s %s"
-    head = line % ("scenario / variant", "reps", "best", "median", "best", "median", "sent (median)", "target", "met")
-    print("%-41s | %-19s | %-13s | %-18s |" % ("", "time, ms", "ratio vs ref", ""))
-    print(head)
-    print("-" * len(head))
+) -> list[Scenario]:
+    """The table's scenarios: verified sync times (a variant with a failed run has none), the bytes
+    sent; time targets (<= 1.0x the reference) on the initial and no-change syncs, the bytes target
+    (< 5 % of the big file sent) on the delta."""
+    scenarios = []
     for key in SCENARIOS:
         res = results.get(key)
         if not res:
             continue
-        print("%s (ref: %s)" % (TITLES[key], labels.get(reference, reference)))
-        ref = res.get(reference)
-        ref_ok = ref is not None and ref.times and not ref.failures
-        for v in variants:
-            if v.name not in res:
-                continue
-            out = res[v.name]
-            label = "  " + labels.get(v.name, v.name)
-            reps = len(out.times) + len(out.failures)
-            if out.failures or not out.times:
-                print(
-                    "%-36s %4d | FAILED verification or sync (%d of %d runs): no time reported"
-                    % (label, reps, len(out.failures), reps)
-                )
-                verdicts.append("%s / %s: FAILED (%s)" % (TITLES[key], v.name, out.failures[0]))
-                continue
-            best, med = min(out.times) * 1000, statistics.median(out.times) * 1000
-            if not ref_ok or ref is None:
-                rb_text = rm_text = "-"
-                rb = rm = float("nan")
-            elif out is ref:
-                rb_text = rm_text = "ref"
-                rb = rm = 1.0
-            else:
-                rb = best / (min(ref.times) * 1000)
-                rm = med / (statistics.median(ref.times) * 1000)
-                rb_text, rm_text = "%.2fx" % rb, "%.2fx" % rm
-            sent = statistics.median(out.sent)
-            sent_text = fmt_bytes(sent)
-            if key == "delta":
-                sent_text += " (%.1f%%)" % (100.0 * sent / big_size)
-            target = met = ""
-            if key in ("initial", "nochange") and v.name in time_targets and out is not ref and ref_ok:
-                target = "<= 1.0x"
-                met = "yes" if rm <= 1.0 else "NO"
-                if (rm <= 1.0) != (rb <= 1.0):
-                    met += " (best: %s)" % ("yes" if rb <= 1.0 else "no")
-            elif key == "delta" and v.name == bytes_target:
-                target = "sent < 5%"
-                met = "yes" if sent < 0.05 * big_size else "NO"
-            if target:
-                verdicts.append("%s / %s: %s %s" % (TITLES[key], v.name, target, met))
-            print(line % (label, reps, fmt(best), fmt(med), rb_text, rm_text, sent_text, target, met))
-    print("-" * len(head))
-    print(
+        names = [v.name for v in variants if v.name in res]
+        failed = {n for n in names if res[n].failures or not res[n].times}
+        sent: dict[str, str] = {}
+        for n in set(names) - failed:
+            med = statistics.median(res[n].sent)
+            sent[n] = fmt_bytes(med) + (" (%.1f%%)" % (100.0 * med / big_size) if key == "delta" else "")
+        sc = Scenario(
+            TITLES[key],
+            {n: [] if n in failed else res[n].times for n in names},
+            reference,
+            scale=1000,
+            labels=labels,
+            failed=failed,
+            extra={"sent (median)": sent},
+        )
+        if key in ("initial", "nochange"):
+            sc.targets = {n: Target("<=", 1.0) for n in time_targets if n in res}
+        elif key == "delta" and bytes_target in res and bytes_target not in failed:
+            ok = statistics.median(res[bytes_target].sent) < 0.05 * big_size
+            sc.other_targets[bytes_target] = ("sent < 5%", "yes" if ok else "NO")
+        scenarios.append(sc)
+    return scenarios
+
+
+def print_table(scenarios: list[Scenario], results: dict[str, dict[str, Outcome]]) -> list[str]:
+    """Print the table; return the verdicts ("scenario variant: yes/NO ...") for the summary."""
+    key_of = {TITLES[k]: k for k in SCENARIOS}
+
+    def failed_line(sc: Scenario, name: str) -> str:
+        out = results[key_of[sc.title]][name]
+        reps = len(out.times) + len(out.failures)
+        return "%-36s %4d | FAILED verification or sync (%d of %d runs): no time reported" % (
+            "  " + sc.label(name),
+            reps,
+            len(out.failures),
+            reps,
+        )
+
+    grouped_table(
+        scenarios, 36, "time, ms", extra=[Column("sent (median)", 18, left=True)], failed_line=failed_line
+    ).print(
         "ratio = time / the reference's time; best = min, median over the reps; 'met' is judged on the median\n"
         "ratio.  sent: execpool stats 'literal' if present, else 'bytes'; rsync --stats 'Literal data';\n"
         "execnet: the size of the files it sent (always whole files)."
     )
+    verdicts = []
+    for sc in scenarios:
+        for name in sc.values:
+            if name in sc.failed:
+                out = results[key_of[sc.title]][name]
+                first = out.failures[0] if out.failures else "no run"
+                verdicts.append("%s / %s: FAILED (%s)" % (sc.title, name, first))
+                continue
+            target, met = sc.target_cells(name)
+            if target:
+                verdicts.append("%s / %s: %s %s" % (sc.title, name, target, met))
     return verdicts
 
 
-def stats_notes(results: dict[str, dict[str, Outcome]], variants: list[Variant], labels: dict[str, str]) -> list[str]:
+def print_notes(
+    results: dict[str, dict[str, Outcome]], variants: list[Variant], labels: dict[str, str], remark: str
+) -> None:
+    """The notes under a table: each variant's stats of its last runs, its gateway's start-up, ``remark``."""
     notes = []
     for v in variants:
         if v.kind == "execnet":
@@ -586,22 +578,27 @@ def stats_notes(results: dict[str, dict[str, Outcome]], variants: list[Variant],
             parts.append("%s %s" % (key, " ".join("%s=%s" % kv for kv in sorted(out.last_info.items()))))
         if parts:
             notes.append("%s stats of the last run: %s" % (labels.get(v.name, v.name), "; ".join(parts)))
-    return notes
+    for v in variants:
+        if v.startup is not None:
+            notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
+    for n in [*notes, remark]:
+        print("  " + n)
 
 
 # -- processes ---------------------------------------------------------------------------------
 
 
 def code_fingerprint() -> str:
-    """A hash of execpool's RSync sources as they are on disk now: RSync.send() ships the receiver's
+    """A hash of execpool's RSync sources as they are on disk now (every ``*rsync*.py`` of the package,
+    wherever it lives: the receiver moves with the worker-side folder): RSync.send() ships the receiver's
     file text at every call, so an edit during the run would mix versions."""
     import hashlib
 
     h = hashlib.sha256()
     here = Path(execpool.__file__).parent
-    for name in ("rsync.py", "_rsync_receiver.py"):
+    for path in sorted(here.rglob("*rsync*.py")):
         try:
-            h.update((here / name).read_bytes())
+            h.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
         except OSError:
             pass
     return h.hexdigest()[:12]
@@ -611,10 +608,7 @@ def code_fingerprint() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller tree, 1 repetition: a smoke test")
+    parser = bench_parser(__doc__, "smaller tree, 1 repetition: a smoke test")
     parser.add_argument("--no-ssh", action="store_true", help="local variants only")
     parser.add_argument(
         "--python",
@@ -625,30 +619,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
 
+    if not os.access(RSYNC, os.X_OK):
+        print(
+            "bench_rsync: no rsync binary (%s); it is one of the references.  Debian: apt-get install rsync" % RSYNC,
+            file=sys.stderr,
+        )
+        return 2
+
     t_start = time.perf_counter()
-    print("bench_rsync  %s" % datetime.datetime.now().isoformat(timespec="seconds"))
-    print("master : %s %s (%s)" % (platform.python_implementation(), platform.python_version(), sys.executable))
     ep_dir = os.path.dirname(execpool.__file__)
-    rev = source_revision(ep_dir)
     fingerprint = code_fingerprint()
-    print(
-        "execpool %s (%s%s; rsync sources %s)"
-        % (execpool.__version__, ep_dir, ", git " + rev if rev else "", fingerprint)
-    )
-    print("execnet  %s (%s)" % (execnet.__version__, os.path.dirname(execnet.__file__)))
     rsync_version = subprocess.run([RSYNC, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    print("rsync  : %s (%s)" % (rsync_version.strip(), RSYNC))
-    if hasattr(os, "getloadavg"):
-        print("load   : %.2f %.2f %.2f (1/5/15 min) on %s CPUs" % (*os.getloadavg(), os.cpu_count()))
-    print("mode   : %s" % ("quick (smoke test; figures not meaningful)" if args.quick else "full"))
+    print_header(
+        "bench_rsync",
+        [
+            ("execpool", execpool_description(ep_dir, "; rsync sources %s" % fingerprint)),
+            ("execnet", "%s (%s)" % (execnet.__version__, os.path.dirname(execnet.__file__))),
+            ("rsync", "%s (%s)" % (rsync_version.strip(), RSYNC)),
+        ],
+        quick=args.quick,
+    )
 
     tmp = tempfile.mkdtemp(prefix="bench_rsync-", dir=args.tmp)
     status = 0
     verdicts: list[str] = []
     local: list[Variant] = []
     sshv: list[Variant] = []
-    server: SshServer | None = None
-    left_remote: dict[int, str] = {}
+    scenarios: list[Scenario] = []
+    stack = ExitStack()  # the test sshd, if it runs
+    sshd: SshdRun | None = None
     try:
         src = Path(tmp) / "src"
         t0 = time.perf_counter()
@@ -693,19 +692,16 @@ def main(argv: list[str] | None = None) -> int:
             v.setup()
         results = run_scenarios(src, files, big, local, p["reps"], 7, print)
         print()
-        verdicts += [
-            "local: " + x for x in print_table(results, local, "rsync", ["execpool"], "execpool", big_size, labels)
-        ]
-        notes = stats_notes(results, local, labels)
-        for v in local:
-            if v.startup is not None:
-                notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
-        notes.append(
+        scs = scenarios_of(results, local, "rsync", ["execpool"], "execpool", big_size, labels)
+        verdicts += ["local: " + x for x in print_table(scs, results)]
+        scenarios += scs
+        print_notes(
+            results,
+            local,
+            labels,
             "rsync copies whole files between local paths by default (-W); 'rsync -a --no-whole-file' shows its "
-            "delta algorithm on the same machine (delta scenario only)"
+            "delta algorithm on the same machine (delta scenario only)",
         )
-        for n in notes:
-            print("  " + n)
         print(flush=True)
         if any(out.failures for res in results.values() for out in res.values()):
             status = 1
@@ -713,11 +709,12 @@ def main(argv: list[str] | None = None) -> int:
             v.close()
 
         # -- ssh ---------------------------------------------------------------------------
-        reason = "--no-ssh given" if args.no_ssh else sshd_missing_reason()
+        reason = "--no-ssh given" if args.no_ssh else sshd_missing()
         if reason:
             print("== over ssh: skipped (%s) ==" % reason)
         else:
-            server = SshServer.start(Path(tmp) / "sshd")
+            sshd = stack.enter_context(running_sshd(Path(tmp) / "sshd"))
+            server = sshd.server
             host = "host-a"
             cfg = server.ssh_config
             ep_spec = server.spec(host, "//python=%s//sshbackend=openssh" % args.python)
@@ -735,10 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                 "execnet/ssh": "execnet (ssh -C, gateway up)",
                 "rsync/ssh": "rsync -a -e ssh",
             }
-            print(
-                "== over ssh: %s on %s:%d (alias %s), same machine; remote python %s =="
-                % (server.proc.args[0] if server.proc else "sshd", server.hosts[host], server.port, host, args.python)
-            )
+            print("== over ssh: %s, same machine; remote python %s ==" % (sshd.describe(host), args.python))
             print("spec   : execpool %s" % ep_spec)
             print("spec   : execnet  %s" % en_spec)
             print("rsync  : %s" % shlex.join(rsync_ssh.argv(str(src))))
@@ -746,28 +740,24 @@ def main(argv: list[str] | None = None) -> int:
                 v.setup()
             results = run_scenarios(src, files, big, sshv, p["ssh_reps"], 11, print)
             print()
-            verdicts += [
-                "ssh: " + x
-                for x in print_table(
-                    results,
-                    sshv,
-                    "rsync/ssh",
-                    ["execpool/openssh", "execpool/openssh+start"],
-                    "execpool/openssh",
-                    big_size,
-                    labels,
-                )
-            ]
-            notes = stats_notes(results, sshv, labels)
-            for v in sshv:
-                if v.startup is not None:
-                    notes.append("%s: gateway start-up (untimed) %.0f ms" % (labels[v.name], v.startup * 1000))
-            notes.append(
-                "rsync over ssh: each run is a new ssh connection (key exchange, the remote shell's ~/.bashrc) "
-                "and uses its delta algorithm; compare with 'execpool/openssh + start-up, exit'"
+            scs = scenarios_of(
+                results,
+                sshv,
+                "rsync/ssh",
+                ["execpool/openssh", "execpool/openssh+start"],
+                "execpool/openssh",
+                big_size,
+                labels,
             )
-            for n in notes:
-                print("  " + n)
+            verdicts += ["ssh: " + x for x in print_table(scs, results)]
+            scenarios += scs
+            print_notes(
+                results,
+                sshv,
+                labels,
+                "rsync over ssh: each run is a new ssh connection (key exchange, the remote shell's ~/.bashrc) "
+                "and uses its delta algorithm; compare with 'execpool/openssh + start-up, exit'",
+            )
             if any(out.failures for res in results.values() for out in res.values()):
                 status = 1
     finally:
@@ -776,36 +766,32 @@ def main(argv: list[str] | None = None) -> int:
                 v.close()
             except Exception as exc:  # pragma: no cover - best effort
                 print("warning: closing %s failed: %r" % (v.name, exc), file=sys.stderr)
-        if server is not None:
-            if server.proc is not None:
-                # sessions (sshd children, their shells, workers, remote rsyncs) outlive the listener:
-                # check that none is left and end any that is, by pid, while the listener still runs
-                left_remote = end_sessions(server.proc.pid)
-            server.stop()
+        # sessions (sshd children, their shells, workers, remote rsyncs) outlive the listener:
+        # running_sshd checks that none is left and ends any that is, before it stops sshd
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print("summary:")
+    summary: list[str] = []
     if code_fingerprint() != fingerprint:
-        print(
-            "  WARNING: execpool's rsync sources changed on disk during the run (%s -> %s, git %s): the master\n"
+        summary.append(
+            "WARNING: execpool's rsync sources changed on disk during the run (%s -> %s, git %s): the master\n"
             "  kept the code it imported while each send() shipped the receiver's current text; the figures may\n"
             "  mix versions.  Run again." % (fingerprint, code_fingerprint(), source_revision(ep_dir))
         )
         status = 1
-    for x in verdicts:
-        print("  " + x)
-    left_local = descendants(os.getpid())
-    if left_local:
-        time.sleep(0.5)  # a just-exited process may still be reaped
-        left_local = descendants(os.getpid())
-    print("  leftover local child processes: %s" % (left_local or "none"))
-    if server is not None:
-        print("  leftover sshd sessions or workers: %s" % (left_remote or "none"))
-    if hasattr(os, "getloadavg"):
-        print("  load at the end: %.2f %.2f %.2f" % os.getloadavg())
-    print("  total benchmark time: %.1f s" % (time.perf_counter() - t_start))
-    return 1 if status or left_local or left_remote else 0
+    summary += verdicts
+    notes = ["RESULTS.md row: %s" % results_row("quick" if args.quick else "full", source_revision(ep_dir), scenarios)]
+    left = print_footer(
+        notes,
+        {
+            "local child processes": leftover_children(),
+            "sshd sessions or workers": sshd.left if sshd is not None else None,
+        },
+        t_start,
+        summary=summary,
+    )
+    return 1 if status or left else 0
 
 
 if __name__ == "__main__":

@@ -44,8 +44,6 @@ and pytest-timeout, whose pytest plugins then load in both variants alike.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import importlib.util
 import json
 import os
@@ -63,7 +61,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import fmt, machine_description, rotate, source_revision
+from _harness import (
+    Scenario,
+    Target,
+    alternate,
+    bench_parser,
+    fmt,
+    machine_description,
+    package_version,
+    pair_table,
+    print_footer,
+    print_header,
+    process_alive,
+    results_row,
+    source_revision,
+)
 
 RUN_TIMEOUT = 600.0  # seconds one pytest run may take before it is killed and counted as a failure
 VARIANTS = ("execnet", "execpool")
@@ -260,16 +272,6 @@ def kill_run(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running (not zombie) process (Linux /proc)."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
-
-
 def run_once(suite: Path, variant: str, workers: int, n_tests: int, tag: str, pycache: Path | None) -> dict[str, Any]:
     """One pytest run of ``variant`` on the suite; its figures (seconds) and what it ran on.
 
@@ -383,90 +385,36 @@ PHASES = ("start -> configure", "configure -> all ready", "ready -> all collecte
 # -- reporting -------------------------------------------------------------------------------
 
 
-def stats(vals: list[float]) -> tuple[float, float]:
-    return min(vals), statistics.median(vals)
+def figures(runs: list[dict[str, Any]]) -> list[tuple[str, Scenario]]:
+    """The table's rows (key, scenario: seconds per variant, ratio execpool / execnet), from the runs' figures."""
 
+    def row(label: str, get: Callable[[dict[str, Any]], float], target: Target | None = None) -> Scenario:
+        values = {v: [get(r) for r in runs if r["variant"] == v] for v in VARIANTS}
+        return Scenario(label, values, "execnet", {"execpool": target} if target else {}, scale=1000)
 
-#: A table row: key, label, seconds per variant, target (comparison, ratio) or None.
-Row = tuple[str, str, dict[str, list[float]], tuple[str, float] | None]
-
-
-def figures(runs: list[dict[str, Any]]) -> list[Row]:
-    """The table's rows, from the runs' figures."""
-
-    def col(get: Callable[[dict[str, Any]], float]) -> dict[str, list[float]]:
-        return {v: [get(r) for r in runs if r["variant"] == v] for v in VARIANTS}
-
-    rows: list[Row] = [
-        ("total", "total: start -> pytest exited", col(lambda r: r["total"]), ("<=", 1.0)),
-        ("startup", "worker start-up: start -> last worker ready", col(lambda r: r["startup"]), ("<", 1.0)),
+    rows = [
+        ("total", row("total: start -> pytest exited", lambda r: r["total"], Target("<=", 1.0))),
+        ("startup", row("worker start-up: start -> last worker ready", lambda r: r["startup"], Target("<", 1.0))),
     ]
     for name in PHASES:
-        rows.append(
-            (
-                "phase:" + name,
-                "  " + name,
-                {v: [r["phases"][name] for r in runs if r["variant"] == v] for v in VARIANTS},
-                None,
-            )
-        )
-    rows.append(("cpu", "CPU: pytest + its workers (user+sys)", col(lambda r: r["cpu"]), None))
+        rows.append(("phase:" + name, row("  " + name, lambda r, name=name: r["phases"][name])))
+    rows.append(("cpu", row("CPU: pytest + its workers (user+sys)", lambda r: r["cpu"])))
     return rows
 
 
-LINE = "%-46s %4s | %9s %9s | %9s %9s | %6s %6s | %-6s %s"
-
-
-def verdict(vals: dict[str, list[float]], target: tuple[str, float]) -> tuple[bool, bool, float, float]:
-    """(met on the median ratio, met on the best ratio, median ratio, best ratio)."""
-    (bn, mn), (bp, mp) = stats(vals["execnet"]), stats(vals["execpool"])
-    rb, rm = bp / bn, mp / mn
-
-    def ok(r: float) -> bool:
-        return r <= target[1] if target[0] == "<=" else r < target[1]
-
-    return ok(rm), ok(rb), rm, rb
-
-
-def print_table(rows: list[Row], out: Any) -> None:
-    print("%-51s | %-19s | %-19s | %-13s |" % ("", "execnet, ms", "execpool, ms", "execpool/execnet"), file=out)
-    head = LINE % ("figure", "reps", "best", "median", "best", "median", "best", "median", "target", "met")
-    print(head, file=out)
-    print("-" * len(head), file=out)
-    for _key, label, vals, target in rows:
-        if not vals["execnet"] or not vals["execpool"]:
-            print(LINE % (label, 0, "-", "-", "-", "-", "-", "-", "", ""), file=out)
-            continue
-        (bn, mn), (bp, mp) = stats(vals["execnet"]), stats(vals["execpool"])
-        target_text = met = ""
-        if target is not None:
-            ok_m, ok_b, _, _ = verdict(vals, target)
-            target_text = "%s %gx" % target
-            met = "yes" if ok_m else "NO"
-            if ok_m != ok_b:
-                met += " (best: %s)" % ("yes" if ok_b else "no")
-        print(
-            LINE
-            % (
-                label,
-                min(len(vals["execnet"]), len(vals["execpool"])),
-                fmt(1000 * bn),
-                fmt(1000 * mn),
-                fmt(1000 * bp),
-                fmt(1000 * mp),
-                "%.2fx" % (bp / bn),
-                "%.2fx" % (mp / mn),
-                target_text,
-                met,
-            ),
-            file=out,
-        )
-    print("-" * len(head), file=out)
-    print(
+def print_table(rows: list[tuple[str, Scenario]], out: Any) -> None:
+    table = pair_table(
+        [sc for _, sc in rows],
+        [("execnet", "execnet, ms"), ("execpool", "execpool, ms")],
+        "execpool/execnet",
+        46,
+        head="figure",
+    )
+    table.print(
         "best = min over the repetitions, median = median; ratio = execpool / execnet (below 1: execpool faster);\n"
         "'met' is judged on the median ratio (and says so when the best ratio disagrees).  The phases add up to\n"
         "the total; CPU counts pytest and the worker processes it waited for.",
-        file=out,
+        out,
     )
 
 
@@ -508,19 +456,8 @@ def installed_plugins() -> list[str]:
     )
 
 
-def package_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--tests", type=int, default=300, help="tests in the generated suite (default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="pytest -n WORKERS (default %(default)s)")
     parser.add_argument(
@@ -550,12 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     t_start = time.perf_counter()
-    started = datetime.datetime.now(datetime.timezone.utc)
     spec = importlib.util.find_spec("execpool")
     ep_dir = os.path.dirname(spec.origin) if spec and spec.origin else "?"
     rev = source_revision(ep_dir)
     header = {
-        "date": started.isoformat(timespec="seconds"),
+        "date": "",
         "machine": machine_description(),
         "python": "%s %s (%s)" % (platform.python_implementation(), platform.python_version(), sys.executable),
         "execpool": "%s (%s%s)" % (package_version("execpool"), ep_dir, ", git " + rev if rev else ""),
@@ -570,29 +506,23 @@ def main(argv: list[str] | None = None) -> int:
             else "a private cache for the runs (PYTHONPYCACHEPREFIX in the temporary directory, written)"
         ),
     }
-    print("bench_xdist  %s" % header["date"], file=out)
-    print("machine: %s" % header["machine"], file=out)
-    print("python : %s" % header["python"], file=out)
-    print("execpool %s" % header["execpool"], file=out)
-    print(
-        "execnet %s, pytest %s, pytest-xdist %s" % (header["execnet"], header["pytest"], header["pytest-xdist"]),
-        file=out,
-    )
-    print("plugins: %s (installed, loaded by pytest in both variants)" % header["plugins"], file=out)
-    print("pyc    : %s" % header["bytecode"], file=out)
-    if hasattr(os, "getloadavg"):
-        print("load   : %.2f %.2f %.2f (1/5/15 min) on %s CPUs" % (*os.getloadavg(), os.cpu_count()), file=out)
-    for v in VARIANTS:
-        print("%-8s: %s" % (v, " ".join(pytest_command(v, args.workers)[1:])), file=out)
+    fields = [
+        ("execpool", header["execpool"]),
+        ("execnet", "%s, pytest %s, pytest-xdist %s" % (header["execnet"], header["pytest"], header["pytest-xdist"])),
+        ("plugins", "%s (installed, loaded by pytest in both variants)" % header["plugins"]),
+        ("pyc", header["bytecode"]),
+    ]
+    fields += [("command", "%-8s %s" % (v, " ".join(pytest_command(v, args.workers)[1:]))) for v in VARIANTS]
     if os.environ.get("EXECPOOL_DEBUG"):
-        print("note   : EXECPOOL_DEBUG is set (execpool writes traces: its figures are not representative)", file=out)
-    print(
-        "suite  : %d tests in %d files (parametrized tests, a class per file, fixtures), %d repetitions, "
-        "one untimed warm-up run per variant first" % (args.tests, min(N_FILES, max(1, args.tests - 1)), args.repeat),
-        file=out,
+        fields.append(("note", "EXECPOOL_DEBUG is set (execpool writes traces: its figures are not representative)"))
+    fields.append(
+        (
+            "suite",
+            "%d tests in %d files (parametrized tests, a class per file, fixtures), %d repetitions, one untimed "
+            "warm-up run per variant first" % (args.tests, min(N_FILES, max(1, args.tests - 1)), args.repeat),
+        )
     )
-    print(file=out, flush=True)
-
+    header["date"] = print_header("bench_xdist", fields, out=out)
     tmp = Path(tempfile.mkdtemp(prefix="bench_xdist-"))
     suite = tmp / "suite"
     pycache = None if args.inherit_bytecode else tmp / "pycache"
@@ -600,30 +530,31 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     try:
         make_suite(suite, args.tests)
-        broken: set[str] = set()
-        for rep in range(-1, args.repeat):  # rep -1: the untimed warm-up (bytecode, page caches)
-            for v in rotate(list(VARIANTS), max(rep, 0)):
-                if v in broken:
-                    continue
-                tag = "%s-%s" % ("warmup" if rep < 0 else "r%d" % rep, v)
-                try:
-                    r = run_once(suite, v, args.workers, args.tests, tag, pycache)
-                except Failure as exc:
-                    failures.append(str(exc))
-                    print("FAILED " + str(exc), file=sys.stderr, flush=True)
-                    broken.add(v)
-                    continue
-                if rep < 0:
-                    print("  warm-up %-8s %7.0f ms" % (v, 1000 * r["total"]), file=out, flush=True)
-                    continue
-                r["rep"] = rep
-                runs.append(r)
-                print(
-                    "  rep %d %-8s total %7.0f ms, start-up %6.0f ms, CPU %6.0f ms"
-                    % (rep, v, 1000 * r["total"], 1000 * r["startup"], 1000 * r["cpu"]),
-                    file=out,
-                    flush=True,
-                )
+
+        def once(v: str, rep: int) -> dict[str, Any]:
+            tag = "%s-%s" % ("warmup" if rep < 0 else "r%d" % rep, v)
+            r = run_once(suite, v, args.workers, args.tests, tag, pycache)
+            if rep < 0:
+                print("  warm-up %-8s %7.0f ms" % (v, 1000 * r["total"]), file=out, flush=True)
+                return r
+            r["rep"] = rep
+            runs.append(r)
+            print(
+                "  rep %d %-8s total %7.0f ms, start-up %6.0f ms, CPU %6.0f ms"
+                % (rep, v, 1000 * r["total"], 1000 * r["startup"], 1000 * r["cpu"]),
+                file=out,
+                flush=True,
+            )
+            return r
+
+        def failed(v: str, rep: int, exc: Exception) -> None:
+            if not isinstance(exc, Failure):
+                raise exc
+            failures.append(str(exc))
+            print("FAILED " + str(exc), file=sys.stderr, flush=True)
+
+        # rep -1: the untimed warm-up (bytecode, page caches)
+        alternate(VARIANTS, args.repeat, once, warmup=True, on_error=failed)
     finally:
         if args.keep:
             print("kept: %s" % tmp, file=out)
@@ -665,37 +596,27 @@ def main(argv: list[str] | None = None) -> int:
                     " ".join("%.0f" % (1000 * r["startup"]) for r in mine),
                 )
             )
-    for n in notes:
-        print("  " + n, file=out)
-    print("summary:", file=out)
     summary: list[dict[str, Any]] = []
-    for key, label, vals, target in rows:
-        if target is None:
-            continue
-        if not vals["execnet"] or not vals["execpool"]:
-            text = "%s: not measured (failed)" % label
-            summary.append({"figure": key, "met": None})
-        else:
-            ok_m, _, rm, rb = verdict(vals, target)
-            text = "%s: execpool %s ms vs execnet %s ms (medians) = %.2fx (best %.2fx), target %s %gx: %s" % (
-                label,
-                fmt(1000 * statistics.median(vals["execpool"])),
-                fmt(1000 * statistics.median(vals["execnet"])),
-                rm,
-                rb,
-                target[0],
-                target[1],
-                "met" if ok_m else "MISSED",
-            )
-            summary.append(
-                {"figure": key, "target": "%s %g" % target, "ratio_median": rm, "ratio_best": rb, "met": ok_m}
-            )
-        print("  " + text, file=out)
-    for f in failures:
-        print("  FAILED: " + f.splitlines()[0], file=out)
-    if hasattr(os, "getloadavg"):
-        print("  load at the end: %.2f %.2f %.2f" % os.getloadavg(), file=out)
-    print("  total benchmark time: %.1f s" % (time.perf_counter() - t_start), file=out)
+    lines = []
+    for key, sc in rows:
+        for name, target in sc.targets.items():
+            v = sc.verdict(name)
+            lines.append(sc.summary(name))
+            if v is None:
+                summary.append({"figure": key, "met": None})
+            else:
+                summary.append(
+                    {
+                        "figure": key,
+                        "target": "%s %g" % (target.op, target.limit),
+                        "ratio_median": v[2],
+                        "ratio_best": v[3],
+                        "met": v[0],
+                    }
+                )
+    lines += ["FAILED: " + f.splitlines()[0] for f in failures]
+    notes.append("RESULTS.md row: %s" % results_row("--tests %d" % args.tests, rev, [sc for _, sc in rows]))
+    print_footer(notes, {}, t_start, out, summary=lines)
 
     if args.json:
         doc = {
@@ -709,11 +630,11 @@ def main(argv: list[str] | None = None) -> int:
             "unit": "seconds",
             "figures": {
                 key: {
-                    v: {"best": min(vals[v]), "median": statistics.median(vals[v]), "all": vals[v]}
+                    v: {"best": min(sc.values[v]), "median": statistics.median(sc.values[v]), "all": sc.values[v]}
                     for v in VARIANTS
-                    if vals[v]
+                    if sc.values[v]
                 }
-                for key, _label, vals, _target in rows
+                for key, sc in rows
             },
             "summary": summary,
             "runs": runs,
