@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 #: Keys execpool acts on.  Others are kept (clients may carry their own) but warned about.
@@ -145,3 +146,28 @@ class XSpec:
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
+
+
+def warn_unknown_keys(spec: XSpec) -> None:
+    """Warn (once per call) about keys of ``spec`` that execpool does not act on."""
+    unknown = spec.unknown_keys()
+    if unknown:
+        warnings.warn(
+            "xspec %r: execpool ignores the key(s) %s" % (str(spec), ", ".join(unknown)),
+            stacklevel=4,
+        )
+
+
+def popen_xspec(python: str | None = None) -> str:
+    """The xspec string of a local worker process running ``python`` (default: this interpreter)."""
+    return "popen//python=%s" % python if python else "popen"
+
+
+def ssh_xspec(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> str:
+    """The xspec string of a worker process on the ssh host ``sshaddress``."""
+    spec = "ssh=%s" % sshaddress
+    if remotepython:
+        spec += "//python=%s" % remotepython
+    if ssh_config:
+        spec += "//ssh_config=%s" % ssh_config
+    return spec

@@ -36,9 +36,8 @@ import textwrap
 import threading
 import time
 import types
-import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._bootstrap import (
     BOOTSTRAP,
@@ -72,16 +71,42 @@ if TYPE_CHECKING:
     from ._paramiko import ParamikoTransport
     from ._relay import RelayTransport
     from ._socket import SocketTransport
-    from .group import Group
 
 #: Seconds a worker may take to start and say hello before the start counts as failed.
 DEFAULT_START_TIMEOUT = 60.0
 #: Seconds :meth:`Gateway.exit` waits for the worker to exit before killing it.
 DEFAULT_EXIT_TIMEOUT = 10.0
-#: Seconds an execpool.compat worker lets running code finish after exit(), as execnet's do.
-EXECNET_DRAIN = 5.0
 #: Seconds a worker may spend shutting down (atexit handlers, threads) before it ends itself.
 WORKER_GRACE = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker processes of a group behave, beyond what their xspecs say.
+
+    The defaults are execpool's; a layer on top (a compatibility layer, say) may
+    give its groups other ones.
+    """
+
+    #: Send what the worker's code writes to fd 1 (``print``) to ``/dev/null`` instead of stderr.
+    discard_stdout: bool = False
+    #: Seconds running code may go on after :meth:`Gateway.exit` before it is interrupted.
+    drain: float = 0.0
+
+
+class GatewayOwner(Protocol):
+    """What a gateway needs from the group that owns it (:class:`execpool.Group` is one)."""
+
+    #: The default execution model of the owner's gateways (a name, an ExecModel, or None).
+    execmodel: Any
+    #: The options of the owner's worker processes.
+    worker_options: WorkerOptions
+
+    def __contains__(self, item: object) -> bool: ...
+
+    def __getitem__(self, key: str) -> Gateway: ...
+
+    def _unregister(self, gw: Gateway) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +145,7 @@ class Gateway(BaseGateway):
 
     _first_channel_id = 1
 
-    def __init__(self, spec: XSpec, id: str, group: Group | None = None) -> None:
+    def __init__(self, spec: XSpec, id: str, group: GatewayOwner | None = None) -> None:
         max_frame = parse_size(spec.max_frame, "max_frame") if spec.max_frame else default_max_frame()
         super().__init__(id, max_frame)
         self.spec = spec
@@ -135,7 +160,6 @@ class Gateway(BaseGateway):
         self._hello_event = threading.Event()
         self._start_error: str | None = None
         self._info: RemoteInfo | None = None
-        self._rinfo_cache: types.SimpleNamespace | None = None
         self._exit_lock = threading.Lock()
         self._exiting = False
         self._started_at = 0.0
@@ -205,9 +229,11 @@ class Gateway(BaseGateway):
             "grace": WORKER_GRACE,
             "execmodel": self.execmodel.backend,
         }
-        if getattr(self._group, "_execnet_names", False):
-            # execpool.compat: the worker behaves as execnet's do (see compat's docs)
-            config.update(execnet=True, stdout="devnull", drain=EXECNET_DRAIN)
+        options = self._group.worker_options if self._group is not None else WorkerOptions()
+        if options.discard_stdout:
+            config["stdout"] = "devnull"
+        if options.drain > 0:
+            config["drain"] = options.drain
         magic = None
         if self._interpreter_key is not None:
             config["return_bytecode"] = True
@@ -437,28 +463,6 @@ class Gateway(BaseGateway):
             raise GatewayStartError("gateway %s has not started" % self.id)
         return self._info
 
-    def _rinfo(self, update: bool = False) -> types.SimpleNamespace:
-        """execnet's semi-private ``_rinfo()``: executable, version_info, platform, cwd, pid.
-
-        The answer is cached; ``update=True`` asks the worker again (its cwd may
-        have changed since it started).
-        """
-        if update or self._rinfo_cache is None:
-            if update:
-                ch = self.remote_exec(_RINFO_SOURCE)
-                facts = ch.receive(DEFAULT_START_TIMEOUT)  # a hang guard: the worker answers at once
-            else:
-                info = self.remote_info()
-                facts = {"executable": info.executable, "version_info": info.version_info, "platform": info.platform}
-                facts.update(cwd=info.cwd, pid=info.pid)
-            facts["version_info"] = tuple(facts["version_info"])
-            self._rinfo_cache = types.SimpleNamespace(**facts)
-        return self._rinfo_cache
-
-    def hasreceiver(self) -> bool:
-        """True while the thread that reads the worker's messages runs (execnet's name)."""
-        return self._reader is not None and self._reader.is_alive()
-
     @property
     def alive(self) -> bool:
         """True while the connection is up and :meth:`exit` has not been called."""
@@ -555,13 +559,6 @@ class Gateway(BaseGateway):
             self._transport.drain_stderr()
 
 
-_RINFO_SOURCE = """
-import os, sys
-channel.send({"executable": sys.executable, "version_info": tuple(sys.version_info), "platform": sys.platform,
-              "cwd": os.getcwd(), "pid": os.getpid()})
-"""
-
-
 def _valid_bytecode(value: Any) -> bool:
     return (
         type(value) is tuple
@@ -645,12 +642,3 @@ def _function_source(func: types.FunctionType, kwargs: dict[str, Any]) -> tuple[
     filename = inspect.getsourcefile(func) or "<function %s>" % func.__qualname__
     # Pad so that line numbers in remote tracebacks match the file on the master.
     return "\n" * (firstline - 1) + src, filename
-
-
-def warn_unknown_keys(spec: XSpec) -> None:
-    unknown = spec.unknown_keys()
-    if unknown:
-        warnings.warn(
-            "xspec %r: execpool ignores the key(s) %s" % (str(spec), ", ".join(unknown)),
-            stacklevel=4,
-        )
