@@ -20,11 +20,15 @@ stdin and exits like any worker whose master is gone.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._popen import StderrRelay
+from ._bootstrap import BOOTSTRAP
+from ._popen import StderrRelay, split_python
 from ._shipped import trace as _trace
 from ._shipped.errors import GatewayStartError, InterpreterNotFound
+
+if TYPE_CHECKING:
+    from ._transports import Launch, Launched
 
 RELAY_SOURCE = """
 import os, signal, subprocess, threading
@@ -93,6 +97,22 @@ else:
 
 
 _CHUNK = 1024 * 1024
+
+
+def launch(request: Launch) -> Launched:
+    """The relay transport: ``popen//via=GWID`` starts a local worker process on GWID's host."""
+    from ._transports import Launched
+
+    spec = request.spec
+    if spec.transport != "popen" or not isinstance(spec.via, str):
+        raise GatewayStartError(
+            "xspec %r: via= starts a local worker on the via gateway's host; write popen//via=GWID" % str(spec)
+        )
+    via = request.member(spec.via, "via")
+    python = spec.python if isinstance(spec.python, str) else via.remote_info().executable
+    cmd = split_python(spec, python)
+    display = "%s on %s" % (python, via.id)
+    return Launched(RelayTransport(via, [*cmd, "-c", BOOTSTRAP], dict(spec.env), request.where, display))
 
 
 class RelayIO:
@@ -205,6 +225,9 @@ class RelayTransport(StderrRelay):
         """Record the worker's exit status; None: unknown (the via gateway's connection is gone)."""
         if not self.status_known.is_set():
             self.status_unknown = status is None
+            if status is None:
+                #: Why the exit status is unknown, for messages.
+                self.status_unknown_reason = "the connection of its via gateway %s was lost" % self.via.id
             self.status = status if status is not None else -9  # ended, as far as this side can tell
             self.status_known.set()
             if self.chan is not None:

@@ -18,11 +18,15 @@ import os
 import re
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._bootstrap import BOOTSTRAP
 from ._popen import StderrRelay
 from ._server import HANDSHAKE_TIMEOUT, MAC, MAGIC, NONCE, client_mac, read_token, recv_exact, server_mac
 from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable
+
+if TYPE_CHECKING:
+    from ._transports import Launch, Launched
 
 # Runs in the installvia= gateway after the source of ``_server``: a server for one client.
 INSTALL_DRIVER = """
@@ -63,6 +67,16 @@ def install_server(via: Any, host: str, port: int, bootstrap: str) -> tuple[tupl
     ch.send((token, host, port, bootstrap))
     host_port = ch.receive(60)
     return (str(host_port[0]), int(host_port[1])), token, ch
+
+
+def launch(request: Launch) -> Launched:
+    """The ``socket`` transport: a connection to an ``execpool serve`` server (``installvia=``:
+    one started for this gateway through another gateway of the group)."""
+    from ._transports import Launched
+
+    spec = request.spec
+    installvia = request.member(spec.installvia, "installvia") if spec.installvia is not None else None
+    return Launched(SocketTransport(spec, request.where, installvia, BOOTSTRAP))
 
 
 class SocketIO:

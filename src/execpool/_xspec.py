@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from typing import Any
 
@@ -30,6 +31,11 @@ KNOWN_KEYS = frozenset(
         "workers",
     }
 )
+#: The spec of a gateway made without one: a local interpreter like this one.
+DEFAULT_SPEC = "popen"
+#: The interpreter a remote host (ssh) runs when the spec has no ``python=``.
+DEFAULT_REMOTE_PYTHON = "python3"
+
 _RESERVED = frozenset({"env", "keys", "unknown_keys", "transport"})
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -146,6 +152,16 @@ class XSpec:
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
+
+
+def local_python(spec: XSpec) -> str:
+    """The interpreter command of a local worker process: ``python=``, else this interpreter."""
+    return spec.python if isinstance(spec.python, str) else sys.executable
+
+
+def remote_python(spec: XSpec) -> str:
+    """The interpreter command on a remote host: ``python=``, else :data:`DEFAULT_REMOTE_PYTHON`."""
+    return spec.python if isinstance(spec.python, str) and spec.python else DEFAULT_REMOTE_PYTHON
 
 
 def warn_unknown_keys(spec: XSpec) -> None:
