@@ -1,6 +1,7 @@
 """The relay transport: ``popen//via=GWID`` starts a worker through another gateway.
 
-The via gateway runs :data:`RELAY_SOURCE` (an ordinary ``remote_exec``): it
+The via gateway runs :func:`execpool._shipped.relay.serve` (an ordinary
+``remote_exec``, sent by reference: every worker process has it): it
 starts ``PYTHON -c BOOTSTRAP`` as a child process on its own host and copies
 bytes between that child's pipes and two channels::
 
@@ -24,77 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._bootstrap import BOOTSTRAP
 from ._popen import StderrRelay, split_python
+from ._shipped import relay as _relay_end
 from ._shipped import trace as _trace
 from ._shipped.errors import GatewayStartError, InterpreterNotFound
 
 if TYPE_CHECKING:
     from ._transports import Launch, Launched
-
-RELAY_SOURCE = """
-import os, signal, subprocess, threading
-
-argv, env, errch = channel.receive()
-full_env = dict(os.environ)
-full_env.update(env)
-try:
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            bufsize=0, close_fds=True, start_new_session=True, env=full_env)
-except OSError as exc:
-    channel.send(("error", "%s: %s" % (type(exc).__name__, exc)))
-    errch.close()
-else:
-    channel.send(("pid", proc.pid))
-
-    def pump(fd, out, end):
-        while True:
-            try:
-                data = os.read(fd, 262144)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            try:
-                out.send(data)
-            except OSError:
-                break
-        end()
-
-    def stdout_done():
-        status = proc.wait()
-        try:
-            channel.send(("status", status))
-        except OSError:
-            pass
-
-    threading.Thread(target=pump, args=(proc.stderr.fileno(), errch, errch.close), daemon=True).start()
-    out = threading.Thread(target=pump, args=(proc.stdout.fileno(), channel, stdout_done), daemon=True)
-    out.start()
-    stdin = proc.stdin.fileno()
-    try:
-        for item in channel:
-            if type(item) is bytes:
-                view = memoryview(item)
-                try:
-                    while view:
-                        view = view[os.write(stdin, view):]
-                except OSError:
-                    pass
-            elif item == ("eof",):
-                proc.stdin.close()
-            elif item == ("kill",):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-    finally:
-        if proc.poll() is None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        out.join(30)
-"""
-
 
 _CHUNK = 1024 * 1024
 
@@ -190,7 +126,7 @@ class RelayTransport(StderrRelay):
         return self._display
 
     def start(self) -> RelayIO:
-        chan = self.via.remote_exec(RELAY_SOURCE)
+        chan = self.via.remote_exec(_relay_end.serve)
         errch = self.via.newchannel()
         chan.send((self.argv, self.env, errch))
         first = chan.receive(60)
