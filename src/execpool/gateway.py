@@ -14,8 +14,8 @@ diagnosed by ``_startfail``.  The gateway takes what it needs from its group
 through :class:`GatewayOwner`, so it knows nothing of :class:`execpool.Group`.
 
 Start-up: the transport starts ``PYTHON -c BOOTSTRAP`` (see ``_bootstrap``),
-the gateway writes the payload and configuration to the worker's stdin and
-waits for the worker's HELLO frame, which carries what :meth:`Gateway.remote_info`
+the gateway writes the payload and configuration to the worker process's stdin
+and waits for its HELLO frame, which carries what :meth:`Gateway.remote_info`
 reports.  A worker that exits, writes garbage or stays silent instead raises
 :class:`GatewayStartError` with the command line, the exit status and the
 worker's last stderr lines.
@@ -51,11 +51,11 @@ from ._shipped.serial import dumps, loads
 from ._transports import Launch, Launched, Transport, launch
 from ._xspec import XSpec
 
-#: Seconds a worker may take to start and say hello before the start counts as failed.
+#: Seconds a worker process may take to start and say hello before the start counts as failed.
 DEFAULT_START_TIMEOUT = 60.0
-#: Seconds :meth:`Gateway.exit` waits for the worker to exit before killing it.
+#: Seconds :meth:`Gateway.exit` waits for the worker process to exit before killing it.
 DEFAULT_EXIT_TIMEOUT = 10.0
-#: Seconds a worker may spend shutting down (atexit handlers, threads) before it ends itself.
+#: Seconds a worker process may spend shutting down (atexit handlers, threads) before it ends itself.
 WORKER_GRACE = 2.0
 
 
@@ -90,7 +90,7 @@ class GatewayOwner(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class RemoteInfo:
-    """Facts about a worker interpreter, reported once at start-up."""
+    """Facts about a worker process, reported once at start-up."""
 
     executable: str
     version_info: tuple[Any, ...]
@@ -110,7 +110,7 @@ class RemoteInfo:
 
 @dataclasses.dataclass(frozen=True)
 class RemoteStatus:
-    """A snapshot of a worker's activity, from :meth:`Gateway.remote_status`."""
+    """A snapshot of a worker process's activity, from :meth:`Gateway.remote_status`."""
 
     numexecuting: int
     numchannels: int
@@ -120,7 +120,7 @@ class RemoteStatus:
 
 
 class Gateway(BaseGateway):
-    """A connection to one worker interpreter.  Create it with :func:`makegateway`."""
+    """A connection to one worker process.  Create it with :func:`makegateway`."""
 
     _first_channel_id = 1
 
@@ -262,7 +262,7 @@ class Gateway(BaseGateway):
                 if not isinstance(hello, dict):
                     raise DataFormatError("hello is not a dict")
             except DataFormatError as exc:
-                raise ProtocolError("the worker's hello could not be read: %s" % exc) from None
+                raise ProtocolError("the worker process's hello could not be read: %s" % exc) from None
             self.startup_seconds = time.perf_counter() - self._started_at
             bytecode = hello.pop("bytecode", None)
             if self._interpreter_key is not None and _valid_bytecode(bytecode):
@@ -307,7 +307,7 @@ class Gateway(BaseGateway):
     # -- the public API ---------------------------------------------------------------------
 
     def remote_exec(self, source: str | Callable[..., Any] | types.ModuleType, **kwargs: Any) -> Channel:
-        """Run ``source`` in the worker and return the channel connected to it.
+        """Run ``source`` in the worker process and return the channel connected to it.
 
         ``source`` is a string of Python code (dedented), a module (its source
         is run), or a function ``f(channel, **kwargs)`` whose source is sent
@@ -327,14 +327,14 @@ class Gateway(BaseGateway):
         return ch
 
     def remote_status(self, timeout: float | None = 30.0) -> RemoteStatus:
-        """Ask the worker what it is doing (answered even while its code runs)."""
+        """Ask the worker process what it is doing (answered even while its code runs)."""
         ch = self.newchannel()
         self._send(STATUS, ch.id)
         d = ch.receive(timeout)
         return RemoteStatus(**{f.name: d[f.name] for f in dataclasses.fields(RemoteStatus)})
 
     def remote_info(self) -> RemoteInfo:
-        """Executable, version, platform, start-up cwd, pid and CPU count of the worker."""
+        """Executable, version, platform, start-up cwd, pid and CPU count of the worker process."""
         if self._info is None:
             raise GatewayStartError("gateway %s has not started" % self.id)
         return self._info
@@ -345,7 +345,7 @@ class Gateway(BaseGateway):
         return not self._exiting and self._lost is None and self._hello is not None
 
     def exit(self, timeout: float | None = DEFAULT_EXIT_TIMEOUT) -> None:
-        """End the worker: ask it to exit, wait up to ``timeout`` seconds, then kill it.
+        """End the worker process: ask it to exit, wait up to ``timeout`` seconds, then kill it.
 
         Returns once the worker process is gone.  Calling it again is harmless.
         """
@@ -411,7 +411,7 @@ class Gateway(BaseGateway):
                 self._io.close()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until the connection has ended (after :meth:`exit`, or when the worker dies)."""
+        """Wait until the connection has ended (after :meth:`exit`, or when the worker process dies)."""
         if not self._ended.wait(timeout):
             raise TimeoutError("gateway %s did not end within %s seconds" % (self.id, timeout))
         if self._transport is not None:
