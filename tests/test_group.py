@@ -8,7 +8,8 @@ import time
 import pytest
 
 import execpool
-from _helpers import INTERPRETERS, process_gone
+from _helpers import INTERPRETERS, process_gone, wait_until
+from execpool.gateway import WorkerOptions
 
 
 def test_ids_are_allocated_in_order_and_index_by_position_and_id(group: execpool.Group) -> None:
@@ -156,3 +157,48 @@ def test_terminate_while_a_gateway_starts_ends_it_at_once_and_its_start_fails(
     assert len(errors) == 1 and isinstance(errors[0], execpool.GatewayStartError)
     assert "exited" in str(errors[0])
     assert len(g) == 0
+
+
+# -- the hooks a layer on top (execpool.compat) adapts a group's gateways with ------------------
+
+
+def test_start_hooks_run_on_each_new_gateway_before_makegateway_returns(group: execpool.Group) -> None:
+    seen: list[tuple[str, bool]] = []
+    group.start_hooks.append(lambda gw: seen.append((gw.id, gw.alive)))
+    a, b = group.makegateways(["popen", "popen"])
+    assert seen == [("gw0", True), ("gw1", True)]
+    assert [a.id, b.id] == ["gw0", "gw1"]
+
+
+def test_a_start_hook_that_raises_fails_the_start_and_ends_the_gateways(group: execpool.Group) -> None:
+    started: list[execpool.Gateway] = []
+
+    def hook(gw: execpool.Gateway) -> None:
+        started.append(gw)
+        raise RuntimeError("the hook refuses")
+
+    group.start_hooks.append(hook)
+    with pytest.raises(RuntimeError, match="the hook refuses"):
+        group.makegateway("popen")
+    assert len(group) == 0
+    pid = started[0].remote_info().pid
+    assert not started[0].alive
+    assert wait_until(lambda: process_gone(pid), timeout=20)
+
+
+def test_worker_options_and_gateway_class_come_from_the_group() -> None:
+    class Quiet(execpool.Gateway):
+        pass
+
+    class QuietGroup(execpool.Group):
+        gateway_class = Quiet
+        worker_options = WorkerOptions(discard_stdout=True, drain=1.0)
+
+    g = QuietGroup()
+    try:
+        gw = g.makegateway("popen")
+        assert isinstance(gw, Quiet)
+        ch = gw.remote_exec("import os; channel.send(os.path.samestat(os.fstat(1), os.stat(os.devnull)))")
+        assert ch.receive(30) is True
+    finally:
+        g.terminate(timeout=10)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import execpool
+from _helpers import wait_until
 from _sourcegraph import PACKAGE, SHIPPED, find_cycle, imports, module_name, package_graph
 from execpool import _bootstrap
 
@@ -95,7 +96,11 @@ def test_an_entry_point_of_the_folder_is_sent_by_reference(group: execpool.Group
 
     gw = group.makegateway("popen")
     ch = gw.remote_exec(poolworker.serve)
-    # the worker imported the module it already had instead of compiling a sent copy
-    status = gw.remote_exec("import sys; channel.send('_execpool.poolworker' in sys.modules)").receive(10)
-    assert status is True
+
+    # the worker imported the module it already had instead of compiling a sent copy (the check
+    # runs in a thread of its own, concurrently with the import in the main thread: ask until then)
+    def imported() -> bool:
+        return gw.remote_exec("import sys; channel.send('_execpool.poolworker' in sys.modules)").receive(10) is True
+
+    assert wait_until(imported, timeout=10)
     ch.close()

@@ -29,9 +29,9 @@ from ._shipped.errors import (
 )
 from ._shipped.execmodel import ExecModel
 from ._shipped.serial import dumps, loads
-from ._xspec import XSpec
+from ._xspec import XSpec, popen_xspec, ssh_xspec
 from .gateway import Gateway, RemoteInfo, RemoteStatus
-from .group import Group, MultiChannel, PopenGateway, SshGateway, default_group, makegateway
+from .group import Group, MultiChannel, default_group, makegateway
 
 if TYPE_CHECKING:
     from ._discover import Interpreter, find_interpreters
@@ -72,6 +72,21 @@ def __dir__() -> list[str]:
 
 
 __version__ = "0.1.0"
+
+
+# Shorthands of the seed API, kept for the programs and documentation that use them.
+def PopenGateway(python: str | None = None) -> Gateway:  # noqa: N802 - the seed API's name
+    """A local worker process: ``PopenGateway("python3.9")`` is ``makegateway("popen//python=python3.9")``."""
+    return makegateway(popen_xspec(python))
+
+
+def SshGateway(  # noqa: N802 - the seed API's name
+    sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None
+) -> Gateway:
+    """A worker process on an ssh host: ``SshGateway("user@host", "python3.12")`` is
+    ``makegateway("ssh=user@host//python=python3.12")``."""
+    return makegateway(ssh_xspec(sshaddress, remotepython, ssh_config))
+
 
 __all__ = [
     "NO_ENDMARKER",

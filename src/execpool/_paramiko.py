@@ -25,7 +25,7 @@ from typing import Any
 from ._popen import StderrRelay
 from ._shipped import trace as _trace
 from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable
-from ._ssh import remote_python
+from ._xspec import remote_python
 
 HOSTKEY_POLICIES = ("strict", "accept-new", "ignore")
 KEEPALIVE_SECONDS = 15

@@ -22,10 +22,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from ._bootstrap import BOOTSTRAP, interpreter_key
 from ._shipped import trace as _trace
 from ._shipped.connection import FdIO, enlarge_pipe
-from ._shipped.errors import InterpreterNotFound
+from ._shipped.errors import GatewayStartError, InterpreterNotFound
+from ._xspec import local_python
+
+if TYPE_CHECKING:
+    from ._transports import Launch, Launched
 
 
 class StderrRelay:
@@ -98,6 +104,27 @@ class StderrRelay:
         if self._pump is not None and self._pump is not threading.current_thread():
             self._pump.join(timeout)
         self.release_stderr(emit)
+
+
+def split_python(spec: object, python: str) -> list[str]:
+    """``python=`` split like a shell command line (launchers such as ``env FOO=1 python3`` included)."""
+    try:
+        cmd = shlex.split(python)
+    except ValueError as exc:
+        raise GatewayStartError("xspec %r: cannot split python=%r: %s" % (str(spec), python, exc)) from None
+    if not cmd:
+        raise GatewayStartError("xspec %r: python= is empty" % str(spec))
+    return cmd
+
+
+def launch(request: Launch) -> Launched:
+    """The ``popen`` transport: ``python=`` (default: this interpreter) as a local worker process."""
+    from ._transports import Launched
+
+    spec = request.spec
+    cmd = split_python(spec, local_python(spec))
+    transport = PopenTransport([*cmd, "-c", BOOTSTRAP], request.where, env=spec.env or None)
+    return Launched(transport, interpreter_key=interpreter_key(cmd))  # a local worker: its bytecode is trusted
 
 
 class PopenTransport(StderrRelay):

@@ -1,6 +1,7 @@
 """The relay transport: ``popen//via=GWID`` starts a worker through another gateway.
 
-The via gateway runs :data:`RELAY_SOURCE` (an ordinary ``remote_exec``): it
+The via gateway runs :func:`execpool._shipped.relay.serve` (an ordinary
+``remote_exec``, sent by reference: every worker process has it): it
 starts ``PYTHON -c BOOTSTRAP`` as a child process on its own host and copies
 bytes between that child's pipes and two channels::
 
@@ -20,79 +21,34 @@ stdin and exits like any worker whose master is gone.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._popen import StderrRelay
+from ._bootstrap import BOOTSTRAP
+from ._popen import StderrRelay, split_python
+from ._shipped import relay as _relay_end
 from ._shipped import trace as _trace
 from ._shipped.errors import GatewayStartError, InterpreterNotFound
 
-RELAY_SOURCE = """
-import os, signal, subprocess, threading
-
-argv, env, errch = channel.receive()
-full_env = dict(os.environ)
-full_env.update(env)
-try:
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            bufsize=0, close_fds=True, start_new_session=True, env=full_env)
-except OSError as exc:
-    channel.send(("error", "%s: %s" % (type(exc).__name__, exc)))
-    errch.close()
-else:
-    channel.send(("pid", proc.pid))
-
-    def pump(fd, out, end):
-        while True:
-            try:
-                data = os.read(fd, 262144)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            try:
-                out.send(data)
-            except OSError:
-                break
-        end()
-
-    def stdout_done():
-        status = proc.wait()
-        try:
-            channel.send(("status", status))
-        except OSError:
-            pass
-
-    threading.Thread(target=pump, args=(proc.stderr.fileno(), errch, errch.close), daemon=True).start()
-    out = threading.Thread(target=pump, args=(proc.stdout.fileno(), channel, stdout_done), daemon=True)
-    out.start()
-    stdin = proc.stdin.fileno()
-    try:
-        for item in channel:
-            if type(item) is bytes:
-                view = memoryview(item)
-                try:
-                    while view:
-                        view = view[os.write(stdin, view):]
-                except OSError:
-                    pass
-            elif item == ("eof",):
-                proc.stdin.close()
-            elif item == ("kill",):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-    finally:
-        if proc.poll() is None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        out.join(30)
-"""
-
+if TYPE_CHECKING:
+    from ._transports import Launch, Launched
 
 _CHUNK = 1024 * 1024
+
+
+def launch(request: Launch) -> Launched:
+    """The relay transport: ``popen//via=GWID`` starts a local worker process on GWID's host."""
+    from ._transports import Launched
+
+    spec = request.spec
+    if spec.transport != "popen" or not isinstance(spec.via, str):
+        raise GatewayStartError(
+            "xspec %r: via= starts a local worker on the via gateway's host; write popen//via=GWID" % str(spec)
+        )
+    via = request.member(spec.via, "via")
+    python = spec.python if isinstance(spec.python, str) else via.remote_info().executable
+    cmd = split_python(spec, python)
+    display = "%s on %s" % (python, via.id)
+    return Launched(RelayTransport(via, [*cmd, "-c", BOOTSTRAP], dict(spec.env), request.where, display))
 
 
 class RelayIO:
@@ -170,7 +126,7 @@ class RelayTransport(StderrRelay):
         return self._display
 
     def start(self) -> RelayIO:
-        chan = self.via.remote_exec(RELAY_SOURCE)
+        chan = self.via.remote_exec(_relay_end.serve)
         errch = self.via.newchannel()
         chan.send((self.argv, self.env, errch))
         first = chan.receive(60)
@@ -205,6 +161,9 @@ class RelayTransport(StderrRelay):
         """Record the worker's exit status; None: unknown (the via gateway's connection is gone)."""
         if not self.status_known.is_set():
             self.status_unknown = status is None
+            if status is None:
+                #: Why the exit status is unknown, for messages.
+                self.status_unknown_reason = "the connection of its via gateway %s was lost" % self.via.id
             self.status = status if status is not None else -9  # ended, as far as this side can tell
             self.status_known.set()
             if self.chan is not None:

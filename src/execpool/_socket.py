@@ -1,7 +1,7 @@
 """The socket transport: ``socket=host:port`` to an ``execpool serve`` process.
 
 The client connects, proves that it knows the shared token (HMAC handshake,
-see ``_server``), checks that the server knows it too, and then talks to the
+see ``_shipped.server``), checks that the server knows it too, and then talks to the
 worker the server started for this connection exactly as to a local one.
 The token comes from ``token_file=PATH`` in the spec or the
 ``EXECPOOL_TOKEN`` environment variable; ``tls`` (with ``tls_ca=PATH`` for a
@@ -18,51 +18,45 @@ import os
 import re
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._bootstrap import BOOTSTRAP
 from ._popen import StderrRelay
-from ._server import HANDSHAKE_TIMEOUT, MAC, MAGIC, NONCE, client_mac, read_token, recv_exact, server_mac
+from ._server import read_token
+from ._shipped import server as _server_end
 from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable
+from ._shipped.server import HANDSHAKE_TIMEOUT, MAC, MAGIC, NONCE, client_mac, recv_exact, server_mac
 
-# Runs in the installvia= gateway after the source of ``_server``: a server for one client.
-INSTALL_DRIVER = """
-
-def _execpool_install(channel):
-    import threading
-    token, host, port, bootstrap = channel.receive()
-    server = Server(token, bootstrap, host, port)
-    channel.send(tuple(server.address))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        channel.receive()  # until the client's gateway is done with it (or this gateway ends)
-    except EOFError:
-        pass
-    finally:
-        server.close()
-
-
-_execpool_install(channel)
-"""
+if TYPE_CHECKING:
+    from ._transports import Launch, Launched
 
 
 def install_server(via: Any, host: str, port: int, bootstrap: str) -> tuple[tuple[str, int], bytes, Any]:
     """Start a one-client ``execpool serve`` through the gateway ``via``.
 
-    The server's source is sent with ``remote_exec`` (it is stdlib-only), with a
-    fresh random token that travels over ``via``'s own, already trusted, channel.
+    The gateway runs :func:`execpool._shipped.server.serve_one_client` (every worker
+    process has it), with a fresh random token that travels over ``via``'s own,
+    already trusted, channel.
     Returns the address it listens on, the token, and the channel whose closing
     stops it.
     """
     import secrets
-    from pathlib import Path
-
-    from . import _server
 
     token = secrets.token_hex(32).encode()
-    ch = via.remote_exec(Path(_server.__file__).read_text(encoding="utf-8") + INSTALL_DRIVER)
+    ch = via.remote_exec(_server_end.serve_one_client)
     ch.send((token, host, port, bootstrap))
     host_port = ch.receive(60)
     return (str(host_port[0]), int(host_port[1])), token, ch
+
+
+def launch(request: Launch) -> Launched:
+    """The ``socket`` transport: a connection to an ``execpool serve`` server (``installvia=``:
+    one started for this gateway through another gateway of the group)."""
+    from ._transports import Launched
+
+    spec = request.spec
+    installvia = request.member(spec.installvia, "installvia") if spec.installvia is not None else None
+    return Launched(SocketTransport(spec, request.where, installvia, BOOTSTRAP))
 
 
 class SocketIO:

@@ -18,9 +18,15 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+from typing import TYPE_CHECKING, Any
 
+from ._bootstrap import BOOTSTRAP
+from ._shipped import trace as _trace
 from ._shipped.errors import AuthenticationFailed, GatewayStartError, HostUnreachable, InterpreterNotFound
-from ._xspec import XSpec
+from ._xspec import XSpec, remote_python
+
+if TYPE_CHECKING:
+    from ._transports import Launch, Launched
 
 #: Exit status of the OpenSSH client when ssh itself (not the remote command) failed.
 SSH_FAILED = 255
@@ -50,6 +56,52 @@ def split_target(target: str) -> tuple[str, str | None]:
 BACKENDS = ("openssh", "paramiko")
 
 
+def launch(request: Launch) -> Launched:
+    """The ``ssh`` transport: the OpenSSH client as a local process, or a paramiko session."""
+    from ._popen import PopenTransport
+    from ._transports import Launched
+
+    spec = request.spec
+    transport: Any
+    if choose_backend(spec) == "openssh":
+        argv, display = ssh_argv(spec, BOOTSTRAP)
+        transport = PopenTransport(argv, request.where, display=display)
+    else:
+        from ._paramiko import ParamikoTransport
+
+        target, port = split_target(spec.ssh)
+        transport = ParamikoTransport(spec, target, port, remote_command(spec, BOOTSTRAP), request.where)
+    where = "gateway %s" % request.where
+    python = remote_python(spec)
+
+    def diagnose(status: int | None, stderr: str) -> GatewayStartError | None:
+        return classify_failure(status, stderr, where, python)
+
+    def kill_remote(pid: int) -> None:
+        kill_remote_worker(spec, transport, pid, request.gateway_id)
+
+    # With the OpenSSH client the local process is ssh itself, not the remote worker process.
+    return Launched(transport, process="ssh client pid", diagnose=diagnose, kill_remote=kill_remote)
+
+
+def kill_remote_worker(spec: XSpec, transport: Any, pid: int, gateway_id: str) -> None:
+    """Killing the local ssh client does not end a remote worker process that cannot read (stopped,
+    or stuck in C code holding the GIL): sshd does not signal a command without a terminal.
+    So over a new login (OpenSSH) or a new channel (paramiko), SIGKILL it by pid."""
+    command = kill_remote_worker_command(pid)
+    try:
+        if choose_backend(spec) == "openssh":
+            import subprocess
+
+            ssh = shutil.which("ssh")
+            if ssh:
+                subprocess.run(ssh_command_argv(ssh, spec, command), capture_output=True, timeout=15)
+        else:
+            transport.run_command(command, timeout=15)
+    except Exception as exc:  # best effort: the local side is killed anyway
+        _trace.trace("could not kill the remote worker of", gateway_id, exc)
+
+
 def choose_backend(spec: XSpec) -> str:
     """``sshbackend=`` if given, else OpenSSH when an ``ssh`` binary exists, else paramiko."""
     if not isinstance(spec.ssh, str) or not spec.ssh:
@@ -60,10 +112,6 @@ def choose_backend(spec: XSpec) -> str:
     if backend not in BACKENDS:
         raise GatewayStartError("xspec %r: sshbackend=%s is not one of %s" % (str(spec), backend, ", ".join(BACKENDS)))
     return str(backend)
-
-
-def remote_python(spec: XSpec) -> str:
-    return spec.python if isinstance(spec.python, str) and spec.python else "python3"
 
 
 def remote_command(spec: XSpec, bootstrap: str) -> str:

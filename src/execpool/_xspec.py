@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from typing import Any
 
 #: Keys execpool acts on.  Others are kept (clients may carry their own) but warned about.
@@ -29,6 +31,11 @@ KNOWN_KEYS = frozenset(
         "workers",
     }
 )
+#: The spec of a gateway made without one: a local interpreter like this one.
+DEFAULT_SPEC = "popen"
+#: The interpreter a remote host (ssh) runs when the spec has no ``python=``.
+DEFAULT_REMOTE_PYTHON = "python3"
+
 _RESERVED = frozenset({"env", "keys", "unknown_keys", "transport"})
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -145,3 +152,38 @@ class XSpec:
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
+
+
+def local_python(spec: XSpec) -> str:
+    """The interpreter command of a local worker process: ``python=``, else this interpreter."""
+    return spec.python if isinstance(spec.python, str) else sys.executable
+
+
+def remote_python(spec: XSpec) -> str:
+    """The interpreter command on a remote host: ``python=``, else :data:`DEFAULT_REMOTE_PYTHON`."""
+    return spec.python if isinstance(spec.python, str) and spec.python else DEFAULT_REMOTE_PYTHON
+
+
+def warn_unknown_keys(spec: XSpec) -> None:
+    """Warn (once per call) about keys of ``spec`` that execpool does not act on."""
+    unknown = spec.unknown_keys()
+    if unknown:
+        warnings.warn(
+            "xspec %r: execpool ignores the key(s) %s" % (str(spec), ", ".join(unknown)),
+            stacklevel=4,
+        )
+
+
+def popen_xspec(python: str | None = None) -> str:
+    """The xspec string of a local worker process running ``python`` (default: this interpreter)."""
+    return "popen//python=%s" % python if python else "popen"
+
+
+def ssh_xspec(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> str:
+    """The xspec string of a worker process on the ssh host ``sshaddress``."""
+    spec = "ssh=%s" % sshaddress
+    if remotepython:
+        spec += "//python=%s" % remotepython
+    if ssh_config:
+        spec += "//ssh_config=%s" % ssh_config
+    return spec

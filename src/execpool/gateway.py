@@ -1,4 +1,4 @@
-"""Gateways: the master's handle on one worker interpreter.
+"""Gateways: the master's handle on one worker process (an interpreter behind a gateway).
 
 Threads and data of one gateway on the master::
 
@@ -6,14 +6,16 @@ Threads and data of one gateway on the master::
     worker stdout ──> transport ──> reader thread ──> frames ──> channel queues / callbacks
     worker stderr ──> transport ──> stderr relay thread ──> sys.stderr, "[gw0] " prefixed
 
-The transport moves bytes and owns the worker's life; nothing above it knows
-which one runs: ``_popen`` (a local process; also ssh through the OpenSSH
-client, see ``_ssh``), ``_paramiko``, ``_socket`` (an ``execpool serve``
-connection) or ``_relay`` (``via=``, through another gateway).
+The transport moves bytes and owns the worker process's life; nothing above
+it knows which one runs: the registry in ``_transports`` picks it from the
+xspec's keys (``_popen``, ``_ssh`` and ``_paramiko``, ``_socket``, ``_relay``).
+What ``remote_exec`` sends is prepared by ``_remote_source``; a failed start is
+diagnosed by ``_startfail``.  The gateway takes what it needs from its group
+through :class:`GatewayOwner`, so it knows nothing of :class:`execpool.Group`.
 
 Start-up: the transport starts ``PYTHON -c BOOTSTRAP`` (see ``_bootstrap``),
-the gateway writes the payload and configuration to the worker's stdin and
-waits for the worker's HELLO frame, which carries what :meth:`Gateway.remote_info`
+the gateway writes the payload and configuration to the worker process's stdin
+and waits for its HELLO frame, which carries what :meth:`Gateway.remote_info`
 reports.  A worker that exits, writes garbage or stays silent instead raises
 :class:`GatewayStartError` with the command line, the exit status and the
 worker's last stderr lines.
@@ -26,67 +28,69 @@ with SIGKILL (with its process group).  No worker outlives its gateway.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
-import dis
-import inspect
-import shlex
 import sys
-import textwrap
 import threading
 import time
 import types
-import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._bootstrap import (
-    BOOTSTRAP,
-    EXIT_NO_PAYLOAD,
-    EXIT_TOO_OLD,
-    bootstrap_input,
-    interpreter_key,
-    known_magic,
-    remember_bytecode,
-)
-from ._popen import PopenTransport, describe_status
+from . import _startfail
+from ._bootstrap import bootstrap_input, known_magic, remember_bytecode
+from ._popen import describe_status
+from ._remote_source import SHIPPED_PREFIX as _SHIPPED_PREFIX  # noqa: F401 - importable from here too
+from ._remote_source import prepare
 from ._shipped import trace as _trace
 from ._shipped.channel import Channel
 from ._shipped.connection import BaseGateway
-from ._shipped.errors import (
-    ChannelClosedError,
-    DataFormatError,
-    GatewayStartError,
-    InterpreterNotFound,
-    InterpreterTooOld,
-    ProtocolError,
-    TimeoutError,
-)
+from ._shipped.errors import ChannelClosedError, DataFormatError, GatewayStartError, ProtocolError, TimeoutError
 from ._shipped.execmodel import get_execmodel
 from ._shipped.frames import EXEC, HELLO, STATUS, TERMINATE, default_max_frame, parse_size
 from ._shipped.serial import dumps, loads
-from ._ssh import choose_backend, classify_failure, remote_command, split_target, ssh_argv
+from ._transports import Launch, Launched, Transport, launch
 from ._xspec import XSpec
 
-if TYPE_CHECKING:
-    from ._paramiko import ParamikoTransport
-    from ._relay import RelayTransport
-    from ._socket import SocketTransport
-    from .group import Group
-
-#: Seconds a worker may take to start and say hello before the start counts as failed.
+#: Seconds a worker process may take to start and say hello before the start counts as failed.
 DEFAULT_START_TIMEOUT = 60.0
-#: Seconds :meth:`Gateway.exit` waits for the worker to exit before killing it.
+#: Seconds :meth:`Gateway.exit` waits for the worker process to exit before killing it.
 DEFAULT_EXIT_TIMEOUT = 10.0
-#: Seconds an execpool.compat worker lets running code finish after exit(), as execnet's do.
-EXECNET_DRAIN = 5.0
-#: Seconds a worker may spend shutting down (atexit handlers, threads) before it ends itself.
+#: Seconds a worker process may spend shutting down (atexit handlers, threads) before it ends itself.
 WORKER_GRACE = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker processes of a group behave, beyond what their xspecs say.
+
+    The defaults are execpool's; a layer on top (a compatibility layer, say) may
+    give its groups other ones.
+    """
+
+    #: Send what the worker's code writes to fd 1 (``print``) to ``/dev/null`` instead of stderr.
+    discard_stdout: bool = False
+    #: Seconds running code may go on after :meth:`Gateway.exit` before it is interrupted.
+    drain: float = 0.0
+
+
+class GatewayOwner(Protocol):
+    """What a gateway needs from the group that owns it (:class:`execpool.Group` is one)."""
+
+    #: The default execution model of the owner's gateways (a name, an ExecModel, or None).
+    execmodel: Any
+    #: The options of the owner's worker processes.
+    worker_options: WorkerOptions
+
+    def __contains__(self, item: object) -> bool: ...
+
+    def __getitem__(self, key: str) -> Gateway: ...
+
+    def _unregister(self, gw: Gateway) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
 class RemoteInfo:
-    """Facts about a worker interpreter, reported once at start-up."""
+    """Facts about a worker process, reported once at start-up."""
 
     executable: str
     version_info: tuple[Any, ...]
@@ -106,7 +110,7 @@ class RemoteInfo:
 
 @dataclasses.dataclass(frozen=True)
 class RemoteStatus:
-    """A snapshot of a worker's activity, from :meth:`Gateway.remote_status`."""
+    """A snapshot of a worker process's activity, from :meth:`Gateway.remote_status`."""
 
     numexecuting: int
     numchannels: int
@@ -116,11 +120,11 @@ class RemoteStatus:
 
 
 class Gateway(BaseGateway):
-    """A connection to one worker interpreter.  Create it with :func:`makegateway`."""
+    """A connection to one worker process.  Create it with :func:`makegateway`."""
 
     _first_channel_id = 1
 
-    def __init__(self, spec: XSpec, id: str, group: Group | None = None) -> None:
+    def __init__(self, spec: XSpec, id: str, group: GatewayOwner | None = None) -> None:
         max_frame = parse_size(spec.max_frame, "max_frame") if spec.max_frame else default_max_frame()
         super().__init__(id, max_frame)
         self.spec = spec
@@ -130,12 +134,12 @@ class Gateway(BaseGateway):
             self.execmodel = get_execmodel(spec.execmodel or (group.execmodel if group is not None else None))
         except ValueError as exc:
             raise ValueError("xspec %r: %s" % (str(spec), exc)) from None
-        self._transport: PopenTransport | ParamikoTransport | RelayTransport | SocketTransport | None = None
+        self._transport: Transport | None = None
+        self._launched: Launched | None = None
         self._hello: dict[str, Any] | None = None
         self._hello_event = threading.Event()
         self._start_error: str | None = None
         self._info: RemoteInfo | None = None
-        self._rinfo_cache: types.SimpleNamespace | None = None
         self._exit_lock = threading.Lock()
         self._exiting = False
         self._started_at = 0.0
@@ -154,37 +158,11 @@ class Gateway(BaseGateway):
         """Start the worker process and send the bootstrap (does not wait for it)."""
         if self._exiting:
             self._ended.set()  # no connection will ever exist: exit() must not wait for one
-            raise GatewayStartError("gateway %s (%s) was exited before it started" % (self.id, self.spec))
+            raise _startfail.exited_before_start(self.id, self.spec)
         spec = self.spec
-        where = "%s (%s)" % (self.id, spec)
-        installvia = self._installvia()
-        if spec.via is not None:
-            self._transport = self._relay_transport(where)
-        elif spec.transport == "popen":
-            python = spec.python if isinstance(spec.python, str) else sys.executable
-            try:
-                cmd = shlex.split(python)
-            except ValueError as exc:
-                raise GatewayStartError("xspec %r: cannot split python=%r: %s" % (str(spec), python, exc)) from None
-            if not cmd:
-                raise GatewayStartError("xspec %r: python= is empty" % str(spec))
-            self._transport = PopenTransport([*cmd, "-c", BOOTSTRAP], where, env=spec.env or None)
-            self._interpreter_key = interpreter_key(cmd)  # a local worker: its bytecode is trusted
-        elif spec.transport == "ssh":
-            if choose_backend(spec) == "openssh":
-                argv, display = ssh_argv(spec, BOOTSTRAP)
-                self._transport = PopenTransport(argv, where, display=display)
-            else:
-                from ._paramiko import ParamikoTransport
-
-                target, port = split_target(spec.ssh)
-                self._transport = ParamikoTransport(spec, target, port, remote_command(spec, BOOTSTRAP), where)
-        elif spec.transport == "socket":
-            from ._socket import SocketTransport
-
-            self._transport = SocketTransport(spec, where, installvia, BOOTSTRAP)
-        else:
-            raise GatewayStartError(_unsupported_transport(spec))
+        self._launched = launch(Launch(spec, self.id, "%s (%s)" % (self.id, spec), self._group_member))
+        self._transport = self._launched.transport
+        self._interpreter_key = self._launched.interpreter_key
         self._transport.prefix = "[%s] " % self.id
         self._started_at = time.perf_counter()
         self._io = self._transport.start()
@@ -205,9 +183,11 @@ class Gateway(BaseGateway):
             "grace": WORKER_GRACE,
             "execmodel": self.execmodel.backend,
         }
-        if getattr(self._group, "_execnet_names", False):
-            # execpool.compat: the worker behaves as execnet's do (see compat's docs)
-            config.update(execnet=True, stdout="devnull", drain=EXECNET_DRAIN)
+        options = self._group.worker_options if self._group is not None else WorkerOptions()
+        if options.discard_stdout:
+            config["stdout"] = "devnull"
+        if options.drain > 0:
+            config["drain"] = options.drain
         magic = None
         if self._interpreter_key is not None:
             config["return_bytecode"] = True
@@ -216,17 +196,6 @@ class Gateway(BaseGateway):
             self._io.write(bootstrap_input(config, magic))
         except OSError as exc:
             _trace.trace("writing the bootstrap to", self.id, "failed:", exc)  # reported by _finish_start
-
-    def _installvia(self) -> Gateway | None:
-        """The running gateway named by ``installvia=`` (None without the key)."""
-        spec = self.spec
-        if spec.installvia is None:
-            return None
-        if spec.transport != "socket" or not isinstance(spec.installvia, str):
-            raise GatewayStartError(
-                "xspec %r: installvia= starts a socket server; write socket=HOST:PORT//installvia=GWID" % str(spec)
-            )
-        return self._group_member(spec.installvia, "installvia")
 
     def _group_member(self, gid: str, key: str) -> Gateway:
         spec = self.spec
@@ -239,45 +208,22 @@ class Gateway(BaseGateway):
             raise GatewayStartError("xspec %r: the %s gateway %s is not running" % (str(spec), key, other.id))
         return other
 
-    def _relay_transport(self, where: str) -> RelayTransport:
-        from ._relay import RelayTransport
-
-        spec = self.spec
-        if spec.transport != "popen" or not isinstance(spec.via, str):
-            raise GatewayStartError(
-                "xspec %r: via= starts a local worker on the via gateway's host; write popen//via=GWID" % str(spec)
-            )
-        via = self._group_member(spec.via, "via")
-        python = spec.python if isinstance(spec.python, str) else via.remote_info().executable
-        try:
-            cmd = shlex.split(python)
-        except ValueError as exc:
-            raise GatewayStartError("xspec %r: cannot split python=%r: %s" % (str(spec), python, exc)) from None
-        display = "%s on %s" % (python, via.id)
-        return RelayTransport(via, [*cmd, "-c", BOOTSTRAP], dict(spec.env), where, display)
-
     def _finish_start(self, timeout: float | None) -> None:
         """Wait for the worker's hello; on failure, clean up and raise GatewayStartError."""
         if self._exiting:
             self._kill_and_close()
-            raise GatewayStartError("gateway %s (%s) was exited while it started" % (self.id, self.spec))
+            raise _startfail.exited_while_starting(self.id, self.spec)
         if not self._hello_event.wait(timeout):
             self._kill_and_close()
             stderr = self._transport.stderr_text() if self._transport else ""
-            raise GatewayStartError(
-                "gateway %s (%s) did not start within %s seconds: `%s` never answered; "
-                "is it a Python interpreter, and does it start this slowly?%s"
-                % (self.id, self.spec, timeout, self._describe_command(), _stderr_detail(stderr))
-            )
+            raise _startfail.no_hello_in_time(self.id, self.spec, timeout, self._describe_command(), stderr)
         if self._hello is None:
-            self._raise_start_failure(self._start_error or "the worker ended before saying hello")
+            self._raise_start_failure(self._start_error or "the worker process ended before saying hello")
         hello = self._hello
         assert hello is not None
         if "error" in hello:
             self._kill_and_close()
-            raise GatewayStartError(
-                "gateway %s (%s): the worker could not apply the spec: %s" % (self.id, self.spec, hello["error"])
-            )
+            raise _startfail.spec_not_applied(self.id, self.spec, hello["error"])
         self._info = RemoteInfo(
             executable=hello["executable"],
             version_info=tuple(hello["version_info"]),
@@ -303,28 +249,9 @@ class Gateway(BaseGateway):
             status = transport.wait(5.0)
         else:
             self._close_io()
-        stderr = transport.stderr_text()
+        diagnose = self._launched.diagnose if self._launched is not None else None
         command = self._describe_command()
-        detail = _stderr_detail(stderr)
-        if self.spec.transport == "ssh":
-            python = self.spec.python if isinstance(self.spec.python, str) else "python3"
-            error = classify_failure(status, stderr, "gateway %s (%s)" % (self.id, self.spec), python)
-            if error is not None:
-                raise error
-        if status == EXIT_TOO_OLD:
-            raise InterpreterTooOld(
-                "gateway %s (%s): `%s` is older than CPython 3.8, which execpool workers need; "
-                "point python= at a newer interpreter%s" % (self.id, self.spec, command, detail)
-            )
-        if status == 127 or (status == EXIT_NO_PAYLOAD and not stderr.strip()):
-            raise InterpreterNotFound(
-                "gateway %s (%s): `%s` could not run a Python interpreter (%s)%s"
-                % (self.id, self.spec, command, describe_status(status), detail)
-            )
-        raise GatewayStartError(
-            "gateway %s (%s): `%s` did not start an execpool worker: %s (%s)%s"
-            % (self.id, self.spec, command, reason, describe_status(status), detail)
-        )
+        raise _startfail.start_failure(self.id, self.spec, command, reason, status, transport.stderr_text(), diagnose)
 
     # -- frames from the worker -----------------------------------------------------------
 
@@ -335,7 +262,7 @@ class Gateway(BaseGateway):
                 if not isinstance(hello, dict):
                     raise DataFormatError("hello is not a dict")
             except DataFormatError as exc:
-                raise ProtocolError("the worker's hello could not be read: %s" % exc) from None
+                raise ProtocolError("the worker process's hello could not be read: %s" % exc) from None
             self.startup_seconds = time.perf_counter() - self._started_at
             bytecode = hello.pop("bytecode", None)
             if self._interpreter_key is not None and _valid_bytecode(bytecode):
@@ -354,14 +281,10 @@ class Gateway(BaseGateway):
         status = transport.wait(0.2)
         if status is None:
             return reason
-        if getattr(transport, "status_unknown", False):
-            return "%s; worker pid %s: exit status unknown (the connection of its via gateway %s was lost)" % (
-                reason,
-                transport.pid,
-                self.spec.via,
-            )
-        # With the OpenSSH client the local process is ssh itself, not the remote worker.
-        what = "ssh client pid" if self.spec.ssh and self.spec.via is None else "worker pid"
+        unknown = getattr(transport, "status_unknown_reason", None)
+        if unknown:
+            return "%s; worker pid %s: exit status unknown (%s)" % (reason, transport.pid, unknown)
+        what = self._launched.process if self._launched is not None else "worker pid"
         return "%s; %s %s: %s" % (reason, what, transport.pid, describe_status(status))
 
     def _connection_ended(self, reason: str) -> None:
@@ -384,7 +307,7 @@ class Gateway(BaseGateway):
     # -- the public API ---------------------------------------------------------------------
 
     def remote_exec(self, source: str | Callable[..., Any] | types.ModuleType, **kwargs: Any) -> Channel:
-        """Run ``source`` in the worker and return the channel connected to it.
+        """Run ``source`` in the worker process and return the channel connected to it.
 
         ``source`` is a string of Python code (dedented), a module (its source
         is run), or a function ``f(channel, **kwargs)`` whose source is sent
@@ -393,28 +316,7 @@ class Gateway(BaseGateway):
         The channel closes when the code finishes; if it raises, the
         traceback arrives as a :class:`RemoteError` on ``receive``/``waitclose``.
         """
-        call_name = None
-        if isinstance(source, str):
-            if kwargs:
-                raise TypeError("remote_exec(source_string) takes no keyword arguments; send data over the channel")
-            src = textwrap.dedent(source)
-            filename = "<remote_exec %s>" % self.id
-        elif isinstance(source, types.ModuleType):
-            if kwargs:
-                raise TypeError("remote_exec(module) takes no keyword arguments; send data over the channel")
-            src = _module_source(source)
-            filename = getattr(source, "__file__", None) or "<module %s>" % source.__name__
-        elif isinstance(source, types.FunctionType) and (source.__module__ or "").startswith(_SHIPPED_PREFIX):
-            # an entry point of the worker-side folder: the worker already has it, so send a reference
-            module = "_execpool." + source.__module__[len(_SHIPPED_PREFIX) :]
-            src = "from %s import %s" % (module, source.__name__)
-            filename = "<remote_exec %s of %s>" % (self.id, module)
-            call_name = source.__name__
-        elif isinstance(source, types.FunctionType):
-            src, filename = _function_source(source, kwargs)
-            call_name = source.__name__
-        else:
-            raise TypeError("remote_exec takes a source string, a function or a module, not %s" % type(source).__name__)
+        src, call_name, filename = prepare(source, kwargs, self.id)
         payload = dumps((src, call_name, kwargs, filename), self._channel_id)
         ch = self.newchannel()
         try:
@@ -425,39 +327,17 @@ class Gateway(BaseGateway):
         return ch
 
     def remote_status(self, timeout: float | None = 30.0) -> RemoteStatus:
-        """Ask the worker what it is doing (answered even while its code runs)."""
+        """Ask the worker process what it is doing (answered even while its code runs)."""
         ch = self.newchannel()
         self._send(STATUS, ch.id)
         d = ch.receive(timeout)
         return RemoteStatus(**{f.name: d[f.name] for f in dataclasses.fields(RemoteStatus)})
 
     def remote_info(self) -> RemoteInfo:
-        """Executable, version, platform, start-up cwd, pid and CPU count of the worker."""
+        """Executable, version, platform, start-up cwd, pid and CPU count of the worker process."""
         if self._info is None:
             raise GatewayStartError("gateway %s has not started" % self.id)
         return self._info
-
-    def _rinfo(self, update: bool = False) -> types.SimpleNamespace:
-        """execnet's semi-private ``_rinfo()``: executable, version_info, platform, cwd, pid.
-
-        The answer is cached; ``update=True`` asks the worker again (its cwd may
-        have changed since it started).
-        """
-        if update or self._rinfo_cache is None:
-            if update:
-                ch = self.remote_exec(_RINFO_SOURCE)
-                facts = ch.receive(DEFAULT_START_TIMEOUT)  # a hang guard: the worker answers at once
-            else:
-                info = self.remote_info()
-                facts = {"executable": info.executable, "version_info": info.version_info, "platform": info.platform}
-                facts.update(cwd=info.cwd, pid=info.pid)
-            facts["version_info"] = tuple(facts["version_info"])
-            self._rinfo_cache = types.SimpleNamespace(**facts)
-        return self._rinfo_cache
-
-    def hasreceiver(self) -> bool:
-        """True while the thread that reads the worker's messages runs (execnet's name)."""
-        return self._reader is not None and self._reader.is_alive()
 
     @property
     def alive(self) -> bool:
@@ -465,7 +345,7 @@ class Gateway(BaseGateway):
         return not self._exiting and self._lost is None and self._hello is not None
 
     def exit(self, timeout: float | None = DEFAULT_EXIT_TIMEOUT) -> None:
-        """End the worker: ask it to exit, wait up to ``timeout`` seconds, then kill it.
+        """End the worker process: ask it to exit, wait up to ``timeout`` seconds, then kill it.
 
         Returns once the worker process is gone.  Calling it again is harmless.
         """
@@ -503,27 +383,11 @@ class Gateway(BaseGateway):
             transport.drain_stderr()
 
     def _kill_remote_worker(self) -> None:
-        """Killing the local ssh client does not end a remote worker that cannot read (stopped,
-        or stuck in C code holding the GIL): sshd does not signal a command without a terminal.
-        So over a new login (OpenSSH) or a new channel (paramiko), SIGKILL it by pid."""
-        if not self.spec.ssh or self.spec.via is not None or self._info is None:
-            return
-        from ._ssh import kill_remote_worker_command, ssh_command_argv
-
-        command = kill_remote_worker_command(self._info.pid)
-        try:
-            if choose_backend(self.spec) == "openssh":
-                import shutil
-                import subprocess
-
-                ssh = shutil.which("ssh")
-                if ssh:
-                    subprocess.run(ssh_command_argv(ssh, self.spec, command), capture_output=True, timeout=15)
-            else:
-                transport: Any = self._transport
-                transport.run_command(command, timeout=15)
-        except Exception as exc:  # best effort: the local side is killed anyway
-            _trace.trace("could not kill the remote worker of", self.id, exc)
+        """Where killing the transport does not end the worker process (an ssh login), the
+        transport's own hook kills it by pid."""
+        kill_remote = self._launched.kill_remote if self._launched is not None else None
+        if kill_remote is not None and self._info is not None:
+            kill_remote(self._info.pid)
 
     def _kill_and_close(self) -> None:
         with self._exit_lock:
@@ -547,19 +411,12 @@ class Gateway(BaseGateway):
                 self._io.close()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until the connection has ended (after :meth:`exit`, or when the worker dies)."""
+        """Wait until the connection has ended (after :meth:`exit`, or when the worker process dies)."""
         if not self._ended.wait(timeout):
             raise TimeoutError("gateway %s did not end within %s seconds" % (self.id, timeout))
         if self._transport is not None:
             self._transport.wait(timeout)
             self._transport.drain_stderr()
-
-
-_RINFO_SOURCE = """
-import os, sys
-channel.send({"executable": sys.executable, "version_info": tuple(sys.version_info), "platform": sys.platform,
-              "cwd": os.getcwd(), "pid": os.getpid()})
-"""
 
 
 def _valid_bytecode(value: Any) -> bool:
@@ -570,87 +427,3 @@ def _valid_bytecode(value: Any) -> bool:
         and len(value[0]) == 4
         and type(value[1]) is bytes
     )
-
-
-def _stderr_detail(stderr: str) -> str:
-    if not stderr.strip():
-        return ""
-    return "\n  worker stderr:\n    " + stderr.replace("\n", "\n    ")
-
-
-def _unsupported_transport(spec: XSpec) -> str:
-    kind = spec.transport
-    if kind is None:
-        return "xspec %r names no transport: start it with 'popen' (a local interpreter)" % str(spec)
-    return (
-        "xspec %r: the %s transport is not available in this version of execpool; "
-        "'popen' (local interpreters, or any launcher command via python=) and 'ssh=HOST' work so far"
-        % (str(spec), kind)
-    )
-
-
-#: Functions of these modules are already in every worker (as ``_execpool.NAME``).
-_SHIPPED_PREFIX = "execpool._shipped."
-
-
-def _module_source(module: types.ModuleType) -> str:
-    try:
-        return inspect.getsource(module)
-    except (OSError, TypeError) as exc:
-        raise ValueError("cannot send module %s: its source is not available (%s)" % (module.__name__, exc)) from None
-
-
-_BUILTIN_NAMES = frozenset(dir(builtins)) | {"__name__", "__file__", "__builtins__"}
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    names = set()
-    for ins in dis.get_instructions(code):
-        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"):
-            names.add(str(ins.argval).replace(" + NULL", "").replace("NULL + ", ""))
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
-def _function_source(func: types.FunctionType, kwargs: dict[str, Any]) -> tuple[str, str]:
-    """The source to send for ``func``, checked to be self-contained."""
-    what = "function %s" % func.__qualname__
-    if func.__name__ == "<lambda>":
-        raise ValueError("cannot remote_exec a lambda: write a def f(channel, ...) at module level")
-    if func.__closure__:
-        raise ValueError(
-            "cannot remote_exec %s: it is a closure over %s from an enclosing function; "
-            "pass those values as keyword arguments instead" % (what, ", ".join(func.__code__.co_freevars))
-        )
-    missing = sorted(_global_names(func.__code__) - _BUILTIN_NAMES - {func.__name__})
-    if missing:
-        raise ValueError(
-            "cannot remote_exec %s: it uses the global name(s) %s, which do not exist in the worker "
-            "(only its own source is sent); import or define them inside the function, or pass "
-            "values as keyword arguments" % (what, ", ".join(missing))
-        )
-    try:
-        lines, firstline = inspect.getsourcelines(func)
-    except (OSError, TypeError) as exc:
-        raise ValueError("cannot remote_exec %s: its source is not available (%s)" % (what, exc)) from None
-    src = textwrap.dedent("".join(lines))
-    if src.lstrip().startswith("@"):
-        raise ValueError("cannot remote_exec %s: it is decorated; send an undecorated function" % what)
-    try:
-        inspect.signature(func).bind(None, **kwargs)
-    except TypeError as exc:
-        raise TypeError("remote_exec(%s, ...): %s; it is called as f(channel, **kwargs)" % (what, exc)) from None
-    filename = inspect.getsourcefile(func) or "<function %s>" % func.__qualname__
-    # Pad so that line numbers in remote tracebacks match the file on the master.
-    return "\n" * (firstline - 1) + src, filename
-
-
-def warn_unknown_keys(spec: XSpec) -> None:
-    unknown = spec.unknown_keys()
-    if unknown:
-        warnings.warn(
-            "xspec %r: execpool ignores the key(s) %s" % (str(spec), ", ".join(unknown)),
-            stacklevel=4,
-        )

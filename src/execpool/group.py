@@ -18,19 +18,34 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
 
 from ._shipped.channel import NO_ENDMARKER, Channel
 from ._shipped.execmodel import ExecModel
-from ._xspec import XSpec
-from .gateway import DEFAULT_EXIT_TIMEOUT, DEFAULT_START_TIMEOUT, Gateway, warn_unknown_keys
+from ._xspec import XSpec, warn_unknown_keys
+from .gateway import DEFAULT_EXIT_TIMEOUT, DEFAULT_START_TIMEOUT, Gateway, WorkerOptions
 
 _groups: weakref.WeakSet[Group] = weakref.WeakSet()
 
 
+#: A start hook: called with each new gateway of a group once it runs, before makegateway returns it.
+StartHook = Callable[[Gateway], None]
+
+
 class Group:
-    """An ordered set of gateways, indexable by position and by id."""
+    """An ordered set of gateways, indexable by position and by id.
+
+    Layers on top (such as a compatibility layer) adapt a group's gateways through
+    generic hooks, set by a subclass or on an instance: :attr:`gateway_class` (the
+    class of the gateways made), :attr:`worker_options` (how their worker processes
+    behave) and :attr:`start_hooks` (run on each new gateway before it is returned).
+    """
+
+    #: The class of the gateways this group makes (a subclass of :class:`Gateway`).
+    gateway_class: ClassVar[type[Gateway]] = Gateway
+    #: How the group's worker processes behave (stdout, drain time on exit).
+    worker_options: WorkerOptions = WorkerOptions()
 
     def __init__(self, xspecs: Iterable[str | XSpec] = (), execmodel: str | ExecModel | None = None) -> None:
         self._gateways: list[Gateway] = []
@@ -38,6 +53,9 @@ class Group:
         self._autoid = 0
         #: The default execution model of the group's gateways (see :class:`ExecModel`).
         self.execmodel: str | ExecModel | None = execmodel
+        #: Callables run in order on each new gateway once its worker process has said hello,
+        #: before :meth:`makegateway` returns it; one that raises fails the start.
+        self.start_hooks: list[StartHook] = []
         _groups.add(self)
         specs = list(xspecs)
         if specs:
@@ -97,13 +115,16 @@ class Group:
         try:
             for xspec in xspecs:
                 warn_unknown_keys(xspec)
-                gw = Gateway(xspec, self.allocate_id(xspec), self)
+                gw = self.gateway_class(xspec, self.allocate_id(xspec), self)
                 with self._lock:
                     self._gateways.append(gw)
                 started.append(gw)
             _spawn_all(started)
             for gw in started:
                 gw._finish_start(timeout)
+            for gw in started:
+                for hook in self.start_hooks:
+                    hook(gw)
         except BaseException:
             for gw in started:
                 gw._kill_and_close()
@@ -224,29 +245,6 @@ default_group = Group()
 def makegateway(spec: str | XSpec | None = None, *, start_timeout: float | None = None) -> Gateway:
     """Start a gateway in the default group; see :meth:`Group.makegateway`."""
     return default_group.makegateway(spec, start_timeout=start_timeout)
-
-
-def PopenGateway(python: str | None = None) -> Gateway:  # noqa: N802 - the seed API's name
-    """A local worker: ``PopenGateway("python3.9")`` is ``makegateway("popen//python=python3.9")``."""
-    return makegateway("popen//python=%s" % python if python else "popen")
-
-
-def SshGateway(  # noqa: N802 - the seed API's name
-    sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None
-) -> Gateway:
-    """A worker on an ssh host: ``SshGateway("user@host", "python3.12")`` is
-    ``makegateway("ssh=user@host//python=python3.12")``."""
-    return makegateway(ssh_spec(sshaddress, remotepython, ssh_config))
-
-
-def ssh_spec(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> str:
-    """The xspec string of :func:`SshGateway`'s arguments."""
-    spec = "ssh=%s" % sshaddress
-    if remotepython:
-        spec += "//python=%s" % remotepython
-    if ssh_config:
-        spec += "//ssh_config=%s" % ssh_config
-    return spec
 
 
 def _terminate_all() -> None:

@@ -206,7 +206,7 @@ class WorkerGateway(BaseGateway):
         _trace.trace("worker shutting down:", reason)
         self._main_jobs.put(None)
         if running and self._drain > 0:
-            # execnet's manners (compat gateways): running code gets a while to finish first.
+            # a drain time (a group's worker option): running code gets a while to finish first.
             threading.Thread(target=self._drain_then_stop, name="execpool-drain", daemon=True).start()
         else:
             self._stop(busy)
@@ -291,64 +291,8 @@ def _apply_config(config: Dict[str, Any]) -> None:
         os.nice(int(nice))
 
 
-def _provide_execnet() -> None:
-    """Make ``import execnet`` in remote code give execpool's worker-side API under execnet's names.
-
-    Set up for gateways of ``execpool.compat``: code written for execnet (pytest-xdist's
-    worker, for one) imports ``execnet`` for ``dumps``, ``DumpError`` and the like.
-    """
-    from . import channel as _channel
-    from . import errors as _errors
-    from . import execmodel as _execmodel
-    from . import serial as _serial
-
-    def module(name: str, **names: Any) -> Any:
-        m = type(sys)(name)
-        m.__dict__.update(names)
-        m.__dict__["__execpool_compat__"] = True
-        sys.modules[name] = m
-        return m
-
-    base = dict(
-        Channel=_channel.Channel,
-        RemoteError=_errors.RemoteError,
-        TimeoutError=_errors.TimeoutError,
-        DumpError=_errors.DumpError,
-        DataFormatError=_errors.DataFormatError,
-        LoadError=_errors.DataFormatError,
-        dumps=_serial.dumps,
-        loads=_serial.loads,
-        ExecModel=_execmodel.ExecModel,
-        get_execmodel=_execmodel.get_execmodel,
-        WorkerGateway=WorkerGateway,
-    )
-    gateway_base = module("execnet.gateway_base", **base)
-    top = module("execnet", gateway_base=gateway_base, **base)
-    top.__path__ = []
-    top.__doc__ = "execpool's worker-side stand-in for execnet (set up by execpool.compat)"
-    top.__version__ = "2.1.2"
-
-    def master_side(name: str) -> Any:
-        # execnet's master-side names (Group, makegateway, XSpec, RSync, ...) for code on this
-        # worker that starts gateways of its own (a pytest-xdist run inside an xdist worker):
-        # from the execpool installed in this interpreter, if there is one.
-        if name.startswith("__"):
-            raise AttributeError(name)
-        try:
-            from execpool import compat  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise AttributeError(
-                "module 'execnet' has no attribute %r: execpool is not installed in this worker's "
-                "interpreter, so only the worker-side API (dumps, loads, Channel, ...) is here" % name
-            ) from None
-        value = getattr(compat, name)
-        setattr(top, name, value)
-        return value
-
-    top.__getattr__ = master_side
-
-
-def _info(config: Dict[str, Any]) -> Dict[str, Any]:
+def _info() -> Dict[str, Any]:
+    """Facts about this worker process: what its hello carries (see ``RemoteInfo``)."""
     uname = os.uname()
     return {
         "executable": sys.executable,
@@ -361,6 +305,12 @@ def _info(config: Dict[str, Any]) -> Dict[str, Any]:
         "pid": os.getpid(),
         "cpu_count": _cpu_count(),
     }
+
+
+def report_info(channel: Any) -> None:
+    """An entry point for ``remote_exec``: send this worker process's facts, as now (its cwd may
+    have changed since the hello)."""
+    channel.send(_info())
 
 
 def main(config: Dict[str, Any]) -> None:
@@ -387,9 +337,7 @@ def main(config: Dict[str, Any]) -> None:
     gateway._io = FdIO(rfd, wfd)
     try:
         _apply_config(config)
-        if config.get("execnet"):
-            _provide_execnet()
-        hello = _info(config)
+        hello = _info()
     except Exception as exc:
         hello = {"error": "%s: %s" % (type(exc).__name__, exc)}
     compiled = getattr(sys.modules.get("_execpool"), "_compiled", None) or {}

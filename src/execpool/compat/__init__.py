@@ -17,7 +17,13 @@ Use it in one of three ways:
 
 Gateways made through this module give their workers the same stand-in:
 ``import execnet`` in remote code gives execpool's worker-side ``dumps``,
-``loads``, ``Channel``, ``DumpError``, ... (see ``_worker._provide_execnet``).
+``loads``, ``Channel``, ``DumpError``, ... (see :func:`._worker.install_standin`).
+
+The layer plugs into execpool through generic hooks of :class:`execpool.Group`:
+its groups make gateways of a subclass with execnet's semi-private methods
+(``gateway_class``), give their worker processes execnet's manners -- stdout
+discarded, running code drained on exit (``worker_options``) -- and install the
+stand-in in each new worker process before it is returned (``start_hooks``).
 The documentation's "Migrating from execnet" page lists what differs.
 """
 
@@ -26,18 +32,27 @@ from __future__ import annotations
 import struct
 import sys
 import types
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from .. import __version__ as execpool_version
+from .._shipped import worker as _shipped_worker
 from .._shipped.channel import Channel
-from .._shipped.errors import DataFormatError, DumpError, HostUnreachable, RemoteError, TimeoutError
+from .._shipped.errors import (
+    DataFormatError,
+    DumpError,
+    GatewayStartError,
+    HostUnreachable,
+    RemoteError,
+    TimeoutError,
+)
 from .._shipped.execmodel import ExecModel, get_execmodel
 from .._shipped.serial import dumps, loads
-from .._xspec import XSpec
-from ..gateway import Gateway
+from .._xspec import XSpec, popen_xspec, ssh_xspec
+from ..gateway import DEFAULT_START_TIMEOUT, Gateway, WorkerOptions
 from ..group import Group as _Group
-from ..group import MultiChannel, ssh_spec
+from ..group import MultiChannel
 from ..rsync import RSync
+from ._worker import install_standin
 
 #: The execnet release whose API this module follows.
 __version__ = "2.1.2"
@@ -49,6 +64,50 @@ LoadError = DataFormatError
 
 _DUMP_HEADER = struct.Struct(">Q")
 
+#: Seconds a compat worker process lets running code finish after exit(), as execnet's do.
+DRAIN = 5.0
+
+
+class _CompatGateway(Gateway):
+    """An execpool :class:`Gateway` with execnet's semi-private methods (made by compat groups)."""
+
+    _rinfo_cache: types.SimpleNamespace | None = None
+
+    def _rinfo(self, update: bool = False) -> types.SimpleNamespace:
+        """execnet's semi-private ``_rinfo()``: executable, version_info, platform, cwd, pid.
+
+        The answer is cached; ``update=True`` asks the worker process again (its cwd may
+        have changed since it started).
+        """
+        if update or self._rinfo_cache is None:
+            if update:
+                ch = self.remote_exec(_shipped_worker.report_info)
+                facts = ch.receive(DEFAULT_START_TIMEOUT)  # a hang guard: the worker answers at once
+            else:
+                info = self.remote_info()
+                facts = info.__dict__
+            names = ("executable", "version_info", "platform", "cwd", "pid")
+            rinfo = types.SimpleNamespace(**{name: facts[name] for name in names})
+            rinfo.version_info = tuple(rinfo.version_info)
+            self._rinfo_cache = rinfo
+        return self._rinfo_cache
+
+    def hasreceiver(self) -> bool:
+        """True while the thread that reads the worker process's messages runs (execnet's name)."""
+        return self._reader is not None and self._reader.is_alive()
+
+
+def _install_standin(gw: Gateway) -> None:
+    """The start hook of compat groups: ``import execnet`` in the new worker process gives the stand-in."""
+    ch = gw.remote_exec(install_standin, version=__version__)
+    try:
+        ch.waitclose(DEFAULT_START_TIMEOUT)
+    except (RemoteError, TimeoutError) as exc:
+        raise GatewayStartError(
+            "gateway %s (%s): execpool.compat could not set up execnet's names in the worker process: %s"
+            % (gw.id, gw.spec, exc)
+        ) from None
+
 
 class Group(_Group):
     """execpool's :class:`execpool.Group` with execnet's conventions.
@@ -58,12 +117,14 @@ class Group(_Group):
     the group can ``import execnet``.
     """
 
-    _execnet_names = True
+    gateway_class: ClassVar[type[Gateway]] = _CompatGateway
+    worker_options = WorkerOptions(discard_stdout=True, drain=DRAIN)
     #: The spec :meth:`makegateway` uses when given none.
     defaultspec = "popen"
 
     def __init__(self, xspecs: Any = (), execmodel: str | ExecModel = "thread") -> None:
         super().__init__((), execmodel=None)
+        self.start_hooks.append(_install_standin)
         self._set_models(execmodel, None)
         specs = list(xspecs)
         if specs:
@@ -113,12 +174,12 @@ def set_execmodel(execmodel: str | ExecModel, remote_execmodel: str | ExecModel 
 
 def PopenGateway(python: str | None = None) -> Gateway:  # noqa: N802 - execnet's name
     """``makegateway("popen//python=PYTHON")`` in this module's default group."""
-    return makegateway("popen//python=%s" % python if python else "popen")
+    return makegateway(popen_xspec(python))
 
 
 def SshGateway(sshaddress: str, remotepython: str | None = None, ssh_config: str | None = None) -> Gateway:  # noqa: N802
     """``makegateway("ssh=ADDRESS//python=PYTHON")`` in this module's default group."""
-    return makegateway(ssh_spec(sshaddress, remotepython, ssh_config))
+    return makegateway(ssh_xspec(sshaddress, remotepython, ssh_config))
 
 
 def dump(file: IO[bytes], obj: object) -> None:
