@@ -54,7 +54,6 @@ import itertools
 import math
 import os
 import queue
-import socket
 import sys
 import threading
 import time
@@ -63,6 +62,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _payload
+from ._shipped import hostkey as _hostkey
+from ._shipped import poolmsg as _msg
 from ._shipped import poolworker as _poolworker
 from ._shipped import trace as _trace
 from ._shipped.channel import Channel
@@ -400,14 +401,14 @@ class Scheduler:
                 }
             )
             first = ch.receive()
-            if first[0] == "initerror":
+            if first[0] == _msg.INIT_ERROR:
                 info = gw.remote_info()
                 where = "worker %s (%s, Python %s)" % (w.stats.id, w.stats.spec, info.version)
                 exc = _payload.rebuild_exception(first[1], self.trusted, where)
                 raise GatewayStartError(
                     "the pool's initializer failed on %s: %s: %s" % (where, type(exc).__name__, exc)
                 ) from exc
-            if first[0] != "ready":
+            if first[0] != _msg.READY:
                 raise GatewayStartError("unexpected first message %r from pool worker %s" % (first[0], w.stats.id))
             info = gw.remote_info()
             w.ch = ch
@@ -453,7 +454,7 @@ class Scheduler:
         for p in paths:
             st = os.stat(p)
             items.append((p, st.st_dev, st.st_ino))
-        probe = gw.remote_exec(_PROBE)
+        probe = gw.remote_exec(_hostkey.probe)
         probe.send((items, self.sync_base, self.hostkey))
         hostkey, shared, base = probe.receive(START_TIMEOUT)
         dirs = [os.path.dirname(p) for p, s in zip(paths, shared, strict=True) if s]
@@ -500,7 +501,7 @@ class Scheduler:
                 continue
             dirs, _ = self._prepare(gw, [p])
             try:
-                ch.send(("p", dirs))
+                ch.send((_msg.ADD_PATH, dirs))
             except OSError:
                 pass  # the worker died; its replacement syncs at start
 
@@ -724,7 +725,7 @@ class Scheduler:
             self._on_lost(w)
             return
         kind = msg[0]
-        if kind == "r":
+        if kind == _msg.RESULTS:
             _, cid, data, busy, errors = msg
             chunk = w.inflight.pop(cid, None)
             if chunk is None:
@@ -775,7 +776,7 @@ class Scheduler:
                     errs[i] = _payload.rebuild_exception(pack, self.trusted, "%s, task #%s" % (where, chunk.indices[i]))
                 self._deliver(job, chunk, values, errs)
             self._after_result(w)
-        elif kind == "b":
+        elif kind == _msg.BEGUN:
             if msg[1] in w.inflight:
                 w.current = msg[1]
                 w.deadline = time.monotonic() + (self.timeout or 0.0)
@@ -887,7 +888,7 @@ class Scheduler:
         gw, ch = w.gw, w.ch
         if ch is not None and not kill:
             try:
-                ch.send(("x",))
+                ch.send((_msg.EXIT,))
             except OSError:
                 pass
         if gw is not None:
@@ -1115,12 +1116,12 @@ class Scheduler:
         try:
             if job.fid not in w.funcs:
                 if len(w.funcs) >= FUNCTIONS_KEPT:
-                    ch.send(("c",))  # the worker forgets its functions; later tasks send theirs again
+                    ch.send((_msg.FORGET,))  # the worker forgets its functions; later tasks send theirs again
                     w.funcs.clear()
-                ch.send(("f", job.fid, job.fpayload))
+                ch.send((_msg.FUNCTION, job.fid, job.fpayload))
                 w.funcs.add(job.fid)
                 w.stats.bytes_sent += len(job.fpayload)
-            ch.send(("t", chunk.cid, job.fid, job.mode, chunk.payload))
+            ch.send((_msg.TASKS, chunk.cid, job.fid, job.mode, chunk.payload))
             w.stats.bytes_sent += len(chunk.payload)
         except OSError:
             pass  # the worker is gone: its endmarker re-queues what it held
@@ -1131,7 +1132,7 @@ class Scheduler:
         for w in self.workers:
             if w.state == "ready" and w.ch is not None:
                 try:
-                    w.ch.send(("x",))  # the worker loop returns; exiting the gateways ends the processes
+                    w.ch.send((_msg.EXIT,))  # the worker loop returns; exiting the gateways ends the processes
                 except OSError:
                     pass
         self._terminate_group(timeout=10.0)
@@ -1282,36 +1283,4 @@ def _lost_reason(w: _Worker) -> str:
 
 
 def _local_hostkey() -> str:
-    """What names this machine's filesystem (``EXECPOOL_HOSTKEY`` overrides it, for containers)."""
-    override = os.environ.get("EXECPOOL_HOSTKEY")
-    if override:
-        return override
-    key = socket.gethostname()
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            key += ":" + f.read().strip()
-    except OSError:
-        pass
-    return key
-
-
-_PROBE = """
-import os, socket
-items, base, master = channel.receive()
-key = os.environ.get("EXECPOOL_HOSTKEY")
-if not key:
-    key = socket.gethostname()
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            key += ":" + f.read().strip()
-    except OSError:
-        pass
-shared = []
-for path, dev, ino in items:
-    try:
-        st = os.stat(path)
-        shared.append(key == master and (st.st_dev, st.st_ino) == (dev, ino))
-    except OSError:
-        shared.append(False)
-channel.send((key, shared, os.path.expanduser(base)))
-"""
+    return _hostkey.host_key()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._scheduler import Job
-from ._shipped.poolworker import MODE_APPLY, MODE_STAR
+from ._shipped.poolmsg import MODE_APPLY, MODE_STAR
 from .pool import Pool
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._scheduler import Job, PoolTerminated, Scheduler, WorkerStats
-from ._shipped.poolworker import MODE_APPLY, MODE_MAP, MODE_STAR
+from ._shipped.poolmsg import MODE_APPLY, MODE_MAP, MODE_STAR
 from .group import Group
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats"]

@@ -18,9 +18,11 @@ Modules: ``errors`` (exceptions both sides raise), ``trace`` (debug tracing),
 format, sans-I/O), ``serial`` (channel data), ``channel`` (channels),
 ``connection`` (the reader thread and frame dispatch), ``worker`` (a worker
 process's main loop), ``poolworker`` (the pool worker loop), ``poolmsg`` (the
-pool's message names), ``rsync_receiver`` (the receiving end of RSync).
+pool's message names), ``hostkey`` (what names a host's filesystem, and the
+host-sync probe), ``rsync_receiver`` (the receiving end of RSync).
 
 Entry points that the master runs in a worker with ``remote_exec`` are plain
-functions of these modules (``poolworker.serve``, ``rsync_receiver.serve``):
+functions of these modules (``poolworker.serve``, ``hostkey.probe``,
+``rsync_receiver.serve``):
 :meth:`execpool.Gateway.remote_exec` sends a reference to them, not their source.
 """
