@@ -140,7 +140,7 @@ def test_retries_decide_how_often_a_crashing_task_is_tried(
         try:
             outcome.append(results.next(HANG_GUARD))
         except execpool.WorkerLost as exc:
-            assert "%d worker%s died running it" % (retries + 1, "s" if retries else "") in str(exc), exc
+            assert "%d worker process%s died running it" % (retries + 1, "es" if retries else "") in str(exc), exc
             outcome.append("lost")
     assert outcome == [0, 2, 4, "lost", 8, 10]
     assert attempts(log, 3) == retries + 1
@@ -488,10 +488,10 @@ def test_a_slot_whose_host_stays_unreachable_is_tried_again_while_the_others_wor
     """The replacement of a killed worker meets an unreachable host through several rounds of
     attempts (injected: a real outage of that length cannot be staged here); the other worker
     carries the map meanwhile, and once the host answers again the slot is back."""
-    import execpool._scheduler as scheduler
+    import execpool._pool.slots as slots
 
-    monkeypatch.setattr(scheduler, "REPLACE_RETRY_DELAYS", (0.05, 0.05))
-    monkeypatch.setattr(scheduler, "SLOT_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(slots, "REPLACE_RETRY_DELAYS", (0.05, 0.05))
+    monkeypatch.setattr(slots, "SLOT_RETRY_SECONDS", 0.3)
     outage = {"left": 0, "refused": 0}
     real = execpool.Group.makegateways
 
