@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import _payload
 from .._shipped import poolmsg as _msg
+from .._shipped.errors import ExecpoolError
 from . import chunking
 from .jobs import Chunk, Job
 from .slots import Slot, SlotTable
@@ -77,6 +78,29 @@ class Dispatcher:
         """Every task of ``chunk`` fails with ``err``."""
         n = len(chunk.indices)
         self.deliver(chunk.job, chunk, [None] * n, dict.fromkeys(range(n), err))
+
+    def deliver_results(self, chunk: Chunk, msg: _msg.Results, where: str, trusted: bool) -> None:
+        """Load a RESULTS message of ``chunk`` (from ``where``) and deliver it to the chunk's job."""
+        n = len(chunk.indices)
+        whole = [pack for i, pack in msg.errors or () if i < 0]
+        if whole:  # the whole chunk failed: its function or its arguments did not load
+            self.fail_chunk(
+                chunk, _payload.rebuild_exception(whole[0], trusted, "%s, task #%s" % (where, chunk.indices[0]))
+            )
+            return
+        try:
+            values = _payload.loads_results(msg.data, trusted)
+            if not isinstance(values, list) or len(values) != n:
+                raise ValueError("expected %d results, got %r" % (n, type(values).__name__))
+        except Exception as exc:
+            self.fail_chunk(
+                chunk, ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
+            )
+            return
+        errs: dict[int, BaseException] = {}
+        for i, pack in msg.errors or ():
+            errs[i] = _payload.rebuild_exception(pack, trusted, "%s, task #%s" % (where, chunk.indices[i]))
+        self.deliver(chunk.job, chunk, values, errs)
 
     def put_back(self, chunks: list[Chunk]) -> None:
         """Chunks to run again, first (their payload is made again)."""

@@ -50,13 +50,13 @@ from typing import Any
 from .. import _payload
 from .._shipped import poolmsg as _msg
 from .._shipped import trace as _trace
-from .._shipped.errors import ExecpoolError, GatewayStartError, HostUnreachable, TimeoutError, WorkerLost
+from .._shipped.errors import GatewayStartError, HostUnreachable, TimeoutError, WorkerLost
 from ..group import Group
 from . import slots as _slots
 from .dispatch import FUNCTIONS_KEPT, Dispatcher
 from .events import Consumed, Event, Lost, Message, Ready, RetrySlot, StartFailed, Submitted, Wake
 from .hostsync import HostSync
-from .jobs import Job, PoolTerminated, ProgressSink, charge_loss
+from .jobs import Chunk, Job, PoolTerminated, ProgressSink, charge_loss
 from .slots import Slot, SlotTable, StartSettings, WorkerStats
 from .states import SlotState, Trigger
 
@@ -119,7 +119,7 @@ class Scheduler:
         except Exception as exc:
             raise TypeError("cannot send %s to the pool workers: %s" % (job.describe(), exc)) from exc
         if by_value or self.init_by_value:
-            self._check_versions(job.describe(), why or "it cannot be pickled by reference")
+            _check_versions(self.slots, self.master_python, job.describe(), why or "it cannot be pickled by reference")
         job.fpayload = payload
         job.by_value = by_value
         with self.lock:
@@ -133,25 +133,6 @@ class Scheduler:
         if progress:
             job.sinks.append(ProgressSink(progress, job.total, getattr(job.func, "__name__", "tasks")))
         self.events.put(Submitted(job))
-
-    def _check_versions(self, what: str, why: str) -> None:
-        """Refuse by-value functions when a pool worker runs another Python (major, minor)."""
-        deadline = time.monotonic() + _slots.START_TIMEOUT * 2
-        while True:
-            with self.lock:
-                busy = self.slots.starting
-            if busy == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        mine = "%d.%d" % self.master_python
-        for s in list(self.slots.slots):
-            if s.python is not None and s.python[:2] != self.master_python and s.state in _LIVE:
-                raise ValueError(
-                    "%s travels by value (cloudpickle) because %s; that needs the master's Python %s, "
-                    "but pool worker %s (%s) runs Python %s. Move the function to a module the workers can "
-                    "import (served from the master if they lack it), or use only Python %s workers."
-                    % (what, why, mine, s.stats.id, s.stats.spec, ".".join(map(str, s.python)), mine)
-                )
 
     def add_rsync(self, path: str) -> None:
         """Sync one more directory to every host of the pool now; later pool workers get it at start."""
@@ -377,30 +358,8 @@ class Scheduler:
         job.measured += n
         self.queue.remember_task_time(job)
         if not job.ended:
-            self._deliver_results(s, chunk, msg)
+            self.queue.deliver_results(chunk, msg, s.where(), self.trusted)
         self._after_result(s)
-
-    def _deliver_results(self, s: Slot, chunk: Any, msg: _msg.Results) -> None:
-        where, n = s.where(), len(chunk.indices)
-        whole = [pack for i, pack in msg.errors or () if i < 0]
-        if whole:  # the whole chunk failed: its function or its arguments did not load
-            self.queue.fail_chunk(
-                chunk, _payload.rebuild_exception(whole[0], self.trusted, "%s, task #%s" % (where, chunk.indices[0]))
-            )
-            return
-        try:
-            values = _payload.loads_results(msg.data, self.trusted)
-            if not isinstance(values, list) or len(values) != n:
-                raise ValueError("expected %d results, got %r" % (n, type(values).__name__))
-        except Exception as exc:
-            self.queue.fail_chunk(
-                chunk, ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
-            )
-            return
-        errs: dict[int, BaseException] = {}
-        for i, pack in msg.errors or ():
-            errs[i] = _payload.rebuild_exception(pack, self.trusted, "%s, task #%s" % (where, chunk.indices[i]))
-        self.queue.deliver(chunk.job, chunk, values, errs)
 
     def _after_result(self, s: Slot) -> None:
         if (
@@ -431,20 +390,7 @@ class Scheduler:
             suspect = chunks.pop(0)
             again = charge_loss(suspect, self.queue.cids)
             if again == [suspect] and suspect.attempts > self.retries:
-                err = WorkerLost(
-                    "task #%d of %s was running on %s when its worker process died (%s); %d worker process%s "
-                    "died running it (retries=%d). The task may crash its interpreter (segfault, os._exit, out "
-                    "of memory), or the host or its connection failed."
-                    % (
-                        suspect.indices[0],
-                        suspect.job.describe(),
-                        s.where(),
-                        reason,
-                        suspect.attempts,
-                        "es" if suspect.attempts > 1 else "",
-                        self.retries,
-                    )
-                )
+                err = _worker_lost(suspect, s, reason, self.retries)
                 with self.lock:
                     s.stats.failures += 1
                 if not suspect.job.ended:
@@ -513,6 +459,44 @@ class Scheduler:
 
 
 _LIVE = (SlotState.READY, SlotState.STARTING)
+
+
+def _check_versions(slots: SlotTable, master_python: tuple[int, ...], what: str, why: str) -> None:
+    """Refuse by-value functions when a pool worker runs another Python (major, minor)."""
+    deadline = time.monotonic() + _slots.START_TIMEOUT * 2
+    while True:
+        with slots.lock:
+            busy = slots.starting
+        if busy == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    mine = "%d.%d" % master_python
+    for s in list(slots.slots):
+        if s.python is not None and s.python[:2] != master_python and s.state in _LIVE:
+            raise ValueError(
+                "%s travels by value (cloudpickle) because %s; that needs the master's Python %s, "
+                "but pool worker %s (%s) runs Python %s. Move the function to a module the workers can "
+                "import (served from the master if they lack it), or use only Python %s workers."
+                % (what, why, mine, s.stats.id, s.stats.spec, ".".join(map(str, s.python)), mine)
+            )
+
+
+def _worker_lost(suspect: Chunk, s: Slot, reason: str, retries: int) -> WorkerLost:
+    """The error of a task whose worker processes died running it more than ``retries`` times."""
+    return WorkerLost(
+        "task #%d of %s was running on %s when its worker process died (%s); %d worker process%s "
+        "died running it (retries=%d). The task may crash its interpreter (segfault, os._exit, out "
+        "of memory), or the host or its connection failed."
+        % (
+            suspect.indices[0],
+            suspect.job.describe(),
+            s.where(),
+            reason,
+            suspect.attempts,
+            "es" if suspect.attempts > 1 else "",
+            retries,
+        )
+    )
 
 
 def _initializer_payload(
