@@ -125,7 +125,7 @@ def from_worker(msg: Any) -> WorkerMessage:
     if arity is None:
         raise MalformedMessage("unknown pool message kind %s" % _short(kind))
     if len(msg) != arity:
-        raise MalformedMessage("%s message: %d fields, not %d" % (kind, len(msg), arity))
+        raise MalformedMessage("%s message has %d fields, not %d" % (kind, len(msg), arity))
     if kind == RESULTS:
         _, cid, data, busy, errors = msg
         _int(kind, "cid", cid)
