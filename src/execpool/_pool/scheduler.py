@@ -53,6 +53,7 @@ from .._shipped import trace as _trace
 from .._shipped.errors import GatewayStartError, HostUnreachable, TimeoutError, WorkerLost
 from ..group import Group
 from . import slots as _slots
+from .chunking import next_rtt
 from .dispatch import FUNCTIONS_KEPT, Dispatcher
 from .events import Consumed, Event, Lost, Message, Ready, RetrySlot, StartFailed, Submitted, Wake
 from .hostsync import HostSync
@@ -96,7 +97,7 @@ class Scheduler:
         entries = _slots.entries(specs)
         self.group = specs if isinstance(specs, Group) else Group()
         settings = StartSettings(self.modules, chdir, trust_workers, timeout is not None, init_payload)
-        self.slots = SlotTable(self.group, self.events.put, settings, self.hostsync, self._accepting)
+        self.slots = SlotTable(self.group, _Poster(self.events), settings, self.hostsync, self._accepting)
         self.lock = self.slots.lock
         self.queue = Dispatcher(self.slots, timeout, maxtasksperchild, self.master_python)
         self.thread = threading.Thread(target=self._run, name="execpool-pool-scheduler", daemon=True)
@@ -350,8 +351,6 @@ class Scheduler:
             s.current = next(iter(s.inflight))  # the pool worker goes on with its next chunk now
             s.deadline = now + self.timeout
         if chunk.sent_at is not None and chunk.queued_behind == 0:
-            from .chunking import next_rtt
-
             s.rtt = next_rtt(s.rtt, max(0.0, now - chunk.sent_at - msg.busy))
         job = chunk.job
         job.busy += msg.busy
@@ -459,6 +458,28 @@ class Scheduler:
 
 
 _LIVE = (SlotState.READY, SlotState.STARTING)
+
+
+class _Poster:
+    """The slots' :class:`~execpool._pool.slots.Reporter`: each report becomes an event on the queue."""
+
+    def __init__(self, events: queue.SimpleQueue[Event]) -> None:
+        self.events = events
+
+    def ready(self, slot: Slot, info: Any) -> None:
+        self.events.put(Ready(slot, info))
+
+    def start_failed(self, slot: Slot, error: BaseException, counted: bool = True) -> None:
+        self.events.put(StartFailed(slot, error, counted))
+
+    def message(self, slot: Slot, gen: int, msg: Any) -> None:
+        self.events.put(Message(slot, gen, msg))
+
+    def lost(self, slot: Slot, gen: int) -> None:
+        self.events.put(Lost(slot, gen))
+
+    def wake(self) -> None:
+        self.events.put(Wake())
 
 
 def _check_versions(slots: SlotTable, master_python: tuple[int, ...], what: str, why: str) -> None:

@@ -13,9 +13,9 @@ replaces a lost or retired one (a new gateway of the same spec, tried again
 after 1, 2 and 4 s when its host cannot be reached), and retires them.
 ``ssh=host//workers=N`` starts one gateway to the host (the relay,
 :class:`Host`) and N worker processes ``via=`` it: one ssh login per host.
-Starter threads report to the scheduler with :class:`~execpool._pool.events.Ready`
-or :class:`~execpool._pool.events.StartFailed`; a slot's channel callback posts
-its messages and its end.
+Starter threads and a slot's channel callback tell the scheduler what
+happened through a :class:`Reporter` (ready, start failed, a message, lost),
+which the scheduler turns into events on its queue.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .. import _payload
 from .._shipped import poolmsg as _msg
@@ -37,7 +37,6 @@ from .._shipped.errors import GatewayStartError, InterpreterNotFound
 from .._xspec import XSpec
 from ..gateway import Gateway
 from ..group import Group
-from .events import Lost, Message, Ready, StartFailed
 from .hostsync import HostSync
 from .jobs import Chunk, PoolTerminated
 from .states import SlotState, Trigger, advance
@@ -157,19 +156,34 @@ class Host:
         return "//".join(parts)
 
 
+class Reporter(Protocol):
+    """How starter threads and channel callbacks tell the scheduler what happened to a slot
+    (the scheduler turns each call into an event on its queue)."""
+
+    def ready(self, slot: Slot, info: Any) -> None: ...
+
+    def start_failed(self, slot: Slot, error: BaseException, counted: bool = True) -> None: ...
+
+    def message(self, slot: Slot, gen: int, msg: Any) -> None: ...
+
+    def lost(self, slot: Slot, gen: int) -> None: ...
+
+    def wake(self) -> None: ...
+
+
 class SlotTable:
     """The pool's slots, and the starter threads that bring their pool workers up."""
 
     def __init__(
         self,
         group: Group,
-        post: Callable[[Any], None],
+        report: Reporter,
         settings: StartSettings,
         hostsync: HostSync,
         accepting: Callable[[], bool],
     ) -> None:
         self.group = group
-        self.post = post
+        self.report = report
         self.settings = settings
         self.hostsync = hostsync
         self.accepting = accepting  # whether the pool still takes work (starts are worth finishing)
@@ -202,21 +216,19 @@ class SlotTable:
         threading.Thread(target=self._expand_host, args=(host, count), daemon=True, name="execpool-pool-host").start()
 
     def _expand_host(self, host: Host, count: int | str) -> None:
-        from .events import Wake
-
         try:
             try:
                 relay = host.relay()
                 n = (relay.remote_info().cpu_count or 1) if count == "auto" else int(count)
             except BaseException as exc:
-                self.post(StartFailed(self._new_slot(host.spec, host), exc, counted=False))
+                self.report.start_failed(self._new_slot(host.spec, host), exc, counted=False)
                 return
             for _ in range(n):
                 self.start(self._new_slot(host.spec, host))
         finally:
             with self.lock:
                 self.starting -= 1
-            self.post(Wake())
+            self.report.wake()
 
     def _new_slot(self, spec: XSpec, host: Host | None) -> Slot:
         with self.lock:
@@ -288,15 +300,20 @@ class SlotTable:
             with self.lock:
                 if self.stopped:  # the scheduler is gone: nobody would ever end this gateway
                     raise PoolTerminated("the pool ended while this pool worker started")
-                self.post(Ready(slot, info))
+                self.report.ready(slot, info)
         except BaseException as exc:
             if gw is not None:
                 threading.Thread(target=gw.exit, args=(2.0,), daemon=True).start()
-            self.post(StartFailed(slot, exc))
+            self.report.start_failed(slot, exc)
 
     def _poster(self, slot: Slot, gen: int) -> Callable[[Any], None]:
+        report = self.report
+
         def post(msg: Any) -> None:
-            self.post(Lost(slot, gen) if msg is _END else Message(slot, gen, msg))
+            if msg is _END:
+                report.lost(slot, gen)
+            else:
+                report.message(slot, gen, msg)
 
         return post
 
