@@ -10,7 +10,7 @@ business: it hands them to its *sinks*, objects with three methods
 - ``deliver(indices, values, errors)``: results of some tasks (``errors`` maps a
   position in ``indices`` to the task's exception); returns False when the sink
   wants no more results (the job then stops);
-- ``fail(exc)``: the job as a whole failed (no worker left, its input raised,
+- ``fail(exc)``: the job as a whole failed (no pool worker left, its input raised,
   the pool was terminated...);
 - ``finish()``: the job is over; called once, last.
 
@@ -224,7 +224,7 @@ def charge_loss(suspect: Chunk, cids: Iterator[int]) -> list[Chunk]:
 
     A one-task chunk is charged the death (and returned, unless the caller finds it over its
     retries); a larger one is split into one-task chunks, each carrying the death unattributed:
-    whichever of them kills a worker again is charged both deaths, the others never are.
+    whichever of them kills a worker process again is charged both deaths, the others never are.
     """
     if len(suspect.indices) > 1:
         singles = []

@@ -204,7 +204,7 @@ class Scheduler:
                 if self._accepting():
                     self.queue.dispatch()
                 if self.state == "closing" and self.queue.idle():
-                    self._shutdown_workers()
+                    self._shutdown_slots()
                     self.state = "closed"
                     break
         except BaseException as exc:
@@ -248,7 +248,7 @@ class Scheduler:
         elif isinstance(ev, StartFailed):
             self._on_startfail(ev.slot, ev.error, ev.counted)
         elif isinstance(ev, RetrySlot):
-            if ev.slot.state is SlotState.FAILED and self._wants_workers():
+            if ev.slot.state is SlotState.FAILED and self._wants_slots():
                 _trace.trace("pool worker", ev.slot.stats.id, "trying its host again")
                 self.slots.start(ev.slot)
         else:
@@ -274,7 +274,7 @@ class Scheduler:
             s.advance(Trigger.START_FAILED)
             s.stats.state = "failed"
             s.stats.error = "%s: %s" % (type(exc).__name__, exc)
-        retry = s.replacing and isinstance(exc, HostUnreachable) and self._wants_workers()
+        retry = s.replacing and isinstance(exc, HostUnreachable) and self._wants_slots()
         if self._accepting():
             self.errors.append("%s (%s): %s" % (s.stats.id, s.stats.spec, s.stats.error))
             later = "; trying again in %g s" % _slots.SLOT_RETRY_SECONDS if retry else ""
@@ -288,7 +288,7 @@ class Scheduler:
             timer.start()
         self._check_alive()
 
-    def _wants_workers(self) -> bool:
+    def _wants_slots(self) -> bool:
         return self.broken is None and (self.state == "running" or (self.state == "closing" and bool(self.queue.jobs)))
 
     def _check_alive(self) -> None:
@@ -438,7 +438,7 @@ class Scheduler:
 
     # shutting down --------------------------------------------------------------------------
 
-    def _shutdown_workers(self) -> None:
+    def _shutdown_slots(self) -> None:
         for s in self.slots.slots:
             if s.state is SlotState.READY and s.ch is not None:
                 try:
