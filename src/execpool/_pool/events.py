@@ -33,17 +33,19 @@ class Consumed:
 
 @dataclasses.dataclass(frozen=True)
 class Ready:
-    """A slot's pool worker is up (``info``: its gateway's ``remote_info()``)."""
+    """Start number ``gen`` of a slot brought its pool worker up (``info``: its gateway's ``remote_info()``)."""
 
     slot: Slot
+    gen: int
     info: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class StartFailed:
-    """A slot's start failed with ``error``; ``counted``: the start was counted in ``starting``."""
+    """Start number ``gen`` of a slot failed with ``error``; ``counted``: it was counted in ``starting``."""
 
     slot: Slot
+    gen: int
     error: BaseException
     counted: bool = True
 

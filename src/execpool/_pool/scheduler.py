@@ -239,10 +239,15 @@ class Scheduler:
         elif isinstance(ev, Submitted):
             job = ev.job
             if self.state == "terminated" or self.broken is not None:
-                job.fail(self.broken or PoolTerminated("the pool was terminated"))
+                terminated = PoolTerminated("the pool was terminated")
+                job.fail(terminated if self.state == "terminated" or self.broken is None else self.broken)
                 job.end()
             else:
                 self.queue.admit(job)
+        elif isinstance(ev, (Ready, StartFailed)) and ev.gen != ev.slot.gen:
+            # a start whose worker process was lost before this arrived: the slot was started again
+            with self.lock:
+                self.slots.starting -= 1
         elif isinstance(ev, Ready):
             self._on_ready(ev.slot, ev.info)
         elif isinstance(ev, StartFailed):
@@ -466,11 +471,11 @@ class _Poster:
     def __init__(self, events: queue.SimpleQueue[Event]) -> None:
         self.events = events
 
-    def ready(self, slot: Slot, info: Any) -> None:
-        self.events.put(Ready(slot, info))
+    def ready(self, slot: Slot, gen: int, info: Any) -> None:
+        self.events.put(Ready(slot, gen, info))
 
-    def start_failed(self, slot: Slot, error: BaseException, counted: bool = True) -> None:
-        self.events.put(StartFailed(slot, error, counted))
+    def start_failed(self, slot: Slot, gen: int, error: BaseException, counted: bool = True) -> None:
+        self.events.put(StartFailed(slot, gen, error, counted))
 
     def message(self, slot: Slot, gen: int, msg: Any) -> None:
         self.events.put(Message(slot, gen, msg))

@@ -160,9 +160,9 @@ class Reporter(Protocol):
     """How starter threads and channel callbacks tell the scheduler what happened to a slot
     (the scheduler turns each call into an event on its queue)."""
 
-    def ready(self, slot: Slot, info: Any) -> None: ...
+    def ready(self, slot: Slot, gen: int, info: Any) -> None: ...
 
-    def start_failed(self, slot: Slot, error: BaseException, counted: bool = True) -> None: ...
+    def start_failed(self, slot: Slot, gen: int, error: BaseException, counted: bool = True) -> None: ...
 
     def message(self, slot: Slot, gen: int, msg: Any) -> None: ...
 
@@ -221,7 +221,7 @@ class SlotTable:
                 relay = host.relay()
                 n = (relay.remote_info().cpu_count or 1) if count == "auto" else int(count)
             except BaseException as exc:
-                self.report.start_failed(self._new_slot(host.spec, host), exc, counted=False)
+                self.report.start_failed(self._new_slot(host.spec, host), 0, exc, counted=False)
                 return
             for _ in range(n):
                 self.start(self._new_slot(host.spec, host))
@@ -300,11 +300,11 @@ class SlotTable:
             with self.lock:
                 if self.stopped:  # the scheduler is gone: nobody would ever end this gateway
                     raise PoolTerminated("the pool ended while this pool worker started")
-                self.report.ready(slot, info)
+                self.report.ready(slot, gen, info)
         except BaseException as exc:
             if gw is not None:
                 threading.Thread(target=gw.exit, args=(2.0,), daemon=True).start()
-            self.report.start_failed(slot, exc)
+            self.report.start_failed(slot, gen, exc)
 
     def _poster(self, slot: Slot, gen: int) -> Callable[[Any], None]:
         report = self.report
