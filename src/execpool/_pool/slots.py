@@ -384,7 +384,8 @@ class SlotTable:
                     slot.stats.state = "ended"
 
     def ready(self) -> list[Slot]:
-        return [s for s in self.slots if s.state is SlotState.READY]
+        """The slots that take work: ready, and not being ended for a malformed message."""
+        return [s for s in self.slots if s.state is SlotState.READY and s.fault is None]
 
     def stats(self) -> list[WorkerStats]:
         now = time.monotonic()
