@@ -315,7 +315,7 @@ class Scheduler:
                 for i, _ in msg.errors or ():
                     chunk = s.inflight.get(msg.cid)
                     if chunk is not None and not -1 <= i < len(chunk.indices):
-                        raise _msg.MalformedMessage("%s message: field errors[].i is %d, out of range" % (msg[0], i))
+                        raise _msg.MalformedMessage("results message: field errors[].i is %d, out of range" % i)
             elif not isinstance(msg, _msg.Begun):
                 raise _msg.MalformedMessage("a %s message after the pool worker was ready" % type(msg).__name__)
         except _msg.MalformedMessage as exc:
