@@ -1,5 +1,5 @@
-"""The pool engine's pure parts without a process: the slot and job transition table, and the check
-of every message a pool worker sends (execpool._shipped.poolmsg.from_worker)."""
+"""The pool engine's parts that need no process: the slot and job transition table, the check of
+every message a pool worker sends (execpool._shipped.poolmsg.from_worker), jobs and their sinks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from execpool._pool.jobs import Job, ProgressSink
 from execpool._pool.states import TRANSITIONS, IllegalTransition, JobState, SlotState, Trigger, advance
 from execpool._shipped import poolmsg
 
@@ -102,3 +103,81 @@ def test_a_huge_field_is_shown_shortened() -> None:
     with pytest.raises(poolmsg.MalformedMessage) as info:
         poolmsg.from_worker(("begun", "x" * 10_000))
     assert len(str(info.value)) < 200
+
+
+# -- jobs and their sinks ----------------------------------------------------------------------------
+
+
+class RecordingSink:
+    def __init__(self, wants_more: bool = True) -> None:
+        self.calls: list[Any] = []
+        self.wants_more = wants_more
+
+    def deliver(self, indices: Any, values: list[Any], errors: dict[int, BaseException]) -> bool:
+        self.calls.append(("deliver", list(indices), values, errors))
+        return self.wants_more
+
+    def fail(self, exc: BaseException) -> None:
+        self.calls.append(("fail", exc))
+
+    def finish(self) -> None:
+        self.calls.append(("finish",))
+
+
+def make_job(items: Any, total: int | None, sink: Any) -> Job:
+    return Job(abs, iter(items), total, poolmsg.MODE_MAP, None, sink)
+
+
+def test_a_job_pulls_its_input_lazily_and_is_done_when_every_result_is_delivered() -> None:
+    sink = RecordingSink()
+    job = make_job(range(5), 5, sink)
+    assert job.pull(3) == [0, 1, 2] and job.state is JobState.OPEN
+    assert job.pull(3) == [3, 4] and job.state is JobState.EXHAUSTED
+    assert not job.done()
+    job.deliver(range(0, 5), [0, 1, 2, 3, 4], {})
+    assert job.done()
+    job.end()
+    job.end()  # once only
+    assert sink.calls == [("deliver", [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], {}), ("finish",)]
+    assert job.state is JobState.ENDED
+
+
+def test_a_sink_that_wants_no_more_stops_the_job_and_every_sink_still_gets_the_delivery() -> None:
+    first, progress = RecordingSink(wants_more=False), ProgressSink(None, 4, "abs")
+    job = make_job(range(4), 4, first)
+    job.sinks.append(progress)
+    job.pull(2)
+    job.deliver(range(0, 2), [None, None], {0: ValueError("x")})
+    assert job.state is JobState.STOPPED and job.ended and not job.wants_input()
+    assert progress.done == 2
+    assert job.pull(2) == []  # a stopped job reads no more input
+
+
+def test_an_input_iterator_that_raises_fails_the_job_with_its_exception() -> None:
+    def items() -> Any:
+        yield 1
+        raise KeyError("broken input")
+
+    sink = RecordingSink()
+    job = make_job(items(), None, sink)
+    assert job.pull(5) == []
+    assert job.state is JobState.STOPPED
+    assert sink.calls[0][0] == "fail" and isinstance(sink.calls[0][1], KeyError)
+
+
+def test_a_stream_job_counts_what_its_consumer_took_and_says_when_the_scheduler_waits() -> None:
+    job = Job(abs, iter(range(10)), None, poolmsg.MODE_MAP, None, RecordingSink(), limit=4)
+    job.next_index = 4
+    assert job.outstanding() == 4
+    assert job.consumed_one() is False
+    job.throttled = True
+    assert job.consumed_one() is True and job.throttled is False
+    assert job.outstanding() == 2
+
+
+def test_a_progress_callback_sees_running_counts() -> None:
+    seen: list[tuple[int, int | None]] = []
+    sink = ProgressSink(lambda done, total: seen.append((done, total)), 5, "abs")
+    sink.deliver(range(0, 2), [0, 1], {})
+    sink.deliver([4], [4], {})
+    assert seen == [(2, 5), (3, 5)]
