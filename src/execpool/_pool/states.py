@@ -8,9 +8,12 @@ the trigger, instead of a silently wrong state.
 
 Slots (the scheduler's record of one pool worker)::
 
-    NEW ──START──> STARTING ──STARTED──> READY ──RETIRE──> RETIRING ──LOST──> DEAD
-                     │  └──LOST──> DEAD    └──LOST──> DEAD     └──START──> STARTING
-                     └──START_FAILED──> FAILED ──START──> STARTING   DEAD ──START──> STARTING
+    NEW ─START─> STARTING ─STARTED─> READY ─RETIRE─> RETIRING ─LOST─> DEAD ─START─> STARTING
+     │              │ └─LOST─> DEAD    └─LOST─> DEAD     └─START─> STARTING (maxtasksperchild)
+     │              └─START_FAILED─> FAILED ─START─> STARTING (its host is tried again)
+     └─START_FAILED─> FAILED (its host's relay could not start)
+
+    (a LOST of a slot already DEAD or FAILED leaves it so)
 
 Jobs (one call of map/imap/apply/submit)::
 
