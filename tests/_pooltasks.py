@@ -93,3 +93,15 @@ def read_marker(x: int) -> tuple[Any, int, int]:
 
 def failing_initializer() -> None:
     raise ValueError("the initializer exploded (code 4711)")
+
+
+def send_malformed_pool_message(item: tuple[int, int, Any]) -> int:
+    """``2 * x``; but the task ``x == bad`` first sends ``message`` to the master on its pool worker's
+    task channel, as a broken or hostile pool worker would."""
+    x, bad, message = item
+    if x == bad:
+        import gc
+
+        (worker,) = [o for o in gc.get_objects() if type(o).__name__ == "Worker" and hasattr(o, "channel")]
+        worker.channel.send(message)
+    return 2 * x

@@ -354,13 +354,13 @@ def pool_cell(target: Target, run_dir: Path, cleanup: contextlib.ExitStack, faul
             # Only a lost host kills workers that ran other tasks: one that was running on both
             # lost connections was charged both deaths, as the failure model says.
             assert fault == "ssh-kill", "task #%d failed too: %s" % (index, exc)
-            assert "2 workers died running it (retries=1)" in str(exc), exc
+            assert "2 worker processes died running it (retries=1)" in str(exc), exc
     # the victim ran (and took down a worker) RETRIES + 1 times; a timed-out task is not retried
     assert len(victim_pids(run_dir)) == (1 if fault == "sigstop" else RETRIES + 1), victim_pids(run_dir)
 
     # the error names the worker (slot and spec) that was replaced
     text = str(failures[VICTIM])
-    m = re.search(r"task #%d of square_or_meet_the_fault \(.*? on worker (w\d+) \((.+?), host " % VICTIM, text)
+    m = re.search(r"task #%d of square_or_meet_the_fault \(.*? on pool worker (w\d+) \((.+?), host " % VICTIM, text)
     assert m, text
     slot, spec = m.groups()
     assert {s.id: s.spec for s in pool.stats()}.get(slot) == spec, (text, pool.stats())
@@ -370,7 +370,7 @@ def pool_cell(target: Target, run_dir: Path, cleanup: contextlib.ExitStack, faul
     if fault == "sigstop":
         assert "did not finish within timeout=%s seconds" % POOL_TIMEOUT in text, text
     else:
-        assert "%d workers died running it (retries=%d)" % (RETRIES + 1, RETRIES) in text, text
+        assert "%d worker processes died running it (retries=%d)" % (RETRIES + 1, RETRIES) in text, text
     if fault == "garbage":
         assert "protocol error" in text, text
     if fault == "kill-9":

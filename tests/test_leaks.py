@@ -75,7 +75,7 @@ HARNESS = r'''
 import gc, json, os, sys, threading, time
 import execpool
 from execpool._shipped.channel import Channel
-from execpool._scheduler import Scheduler
+from execpool._pool import Scheduler
 
 import leaktasks
 

@@ -147,7 +147,7 @@ def test_task_exception_keeps_its_type_and_carries_the_remote_traceback(pool: ex
     assert "raise_custom" in str(cause) and "pool_api_tasks.py" in str(cause)
     assert "worker w" in str(cause) and "Python %d.%d" % sys.version_info[:2] in str(cause)
     if sys.version_info >= (3, 11):
-        assert any("raised on worker" in n for n in info.value.__notes__)
+        assert any("raised on pool worker" in n for n in info.value.__notes__)
 
 
 def test_a_result_that_cannot_be_pickled_is_that_tasks_error(pool: execpool.Pool) -> None:
@@ -405,7 +405,7 @@ def test_rsync_syncs_to_a_host_that_cannot_see_the_masters_files(tmp_path: Path)
         _, cwd, path = p.apply(tasks.whoami)
         assert cwd.startswith(str(home / ".cache" / "execpool" / "sync")) and cwd in path
         assert (Path(cwd) / "synced_mod_pkg" / "__init__.py").read_text() == (code / "__init__.py").read_text()
-        assert len(p._sched.synced) == 2  # two directories, one host: each synced once
+        assert len(p._sched.hostsync.synced) == 2  # two directories, one host: each synced once
         more = tmp_path / "proj" / "later_pkg"
         more.mkdir()
         (more / "__init__.py").write_text("VALUE = 41\n")
@@ -419,7 +419,7 @@ def test_rsync_to_a_worker_that_sees_the_masters_directory_only_extends_sys_path
         _, cwd, path = p.apply(tasks.whoami)
         assert str(code.parent) in path and cwd == os.getcwd()
         assert p.apply(tasks.import_and_call, ("synced_mod_pkg", "hello", 2)) == "hello 2"
-        assert p._sched.synced == {}
+        assert p._sched.hostsync.synced == {}
 
 
 # -- progress, stats -------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_rsync_over_ssh_syncs_each_distinct_host_once_before_dispatch(sshd_serve
         assert wait_until(lambda: all_ready(p, 3), timeout=60)
         out = p.map(tasks.read_file, ["data/x.txt"] * 30, chunksize=1)
         assert out == ["payload"] * 30
-        assert sorted(p._sched.synced) == sorted((host, str(d)) for host in "ab" for d in (code, data))
+        assert sorted(p._sched.hostsync.synced) == sorted((host, str(d)) for host in "ab" for d in (code, data))
         cwds = {cwd for _, cwd, _ in p.map(tasks.whoami, range(30), chunksize=1)}
     assert all(any(c.startswith(str(h)) for h in homes.values()) for c in cwds)
     for h in homes.values():

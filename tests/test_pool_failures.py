@@ -140,7 +140,7 @@ def test_retries_decide_how_often_a_crashing_task_is_tried(
         try:
             outcome.append(results.next(HANG_GUARD))
         except execpool.WorkerLost as exc:
-            assert "%d worker%s died running it" % (retries + 1, "s" if retries else "") in str(exc), exc
+            assert "%d worker process%s died running it" % (retries + 1, "es" if retries else "") in str(exc), exc
             outcome.append("lost")
     assert outcome == [0, 2, 4, "lost", 8, 10]
     assert attempts(log, 3) == retries + 1
@@ -488,10 +488,10 @@ def test_a_slot_whose_host_stays_unreachable_is_tried_again_while_the_others_wor
     """The replacement of a killed worker meets an unreachable host through several rounds of
     attempts (injected: a real outage of that length cannot be staged here); the other worker
     carries the map meanwhile, and once the host answers again the slot is back."""
-    import execpool._scheduler as scheduler
+    import execpool._pool.slots as slots
 
-    monkeypatch.setattr(scheduler, "REPLACE_RETRY_DELAYS", (0.05, 0.05))
-    monkeypatch.setattr(scheduler, "SLOT_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(slots, "REPLACE_RETRY_DELAYS", (0.05, 0.05))
+    monkeypatch.setattr(slots, "SLOT_RETRY_SECONDS", 0.3)
     outage = {"left": 0, "refused": 0}
     real = execpool.Group.makegateways
 
@@ -517,3 +517,40 @@ def test_a_slot_whose_host_stays_unreachable_is_tried_again_while_the_others_wor
         pool.stats(),
     )
     assert len(set(pool.map(tasks.pid_of, range(20), chunksize=1))) == 2
+
+
+# -- a pool worker that breaks the message contract ---------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (("results", "not-a-cid", b"", 0.0, None), "field cid"),
+        (("results", 1, b"", "soon", None), "field busy"),
+        (("results", 1, b"", 0.0, [(0, "not a pack")]), "errors[].pack"),
+        (("begun",), "has 1 fields, not 2"),
+        (("whatever", 1), "unknown pool message kind"),
+        ("not a tuple", "non-empty tuple"),
+    ],
+    ids=["cid", "busy", "errors", "arity", "kind", "type"],
+)
+def test_a_malformed_message_from_a_pool_worker_fails_that_worker_not_the_pool(
+    cleanup: list[execpool.Pool], capfd: pytest.CaptureFixture[str], message: object, field: str
+) -> None:
+    pool = execpool.Pool(2, retries=1)
+    cleanup.append(pool)
+    ready_pids(pool, 2)
+    items = [(x, 3, message) for x in range(8)]
+    with pytest.raises(execpool.WorkerLost) as info:
+        pool.map(tasks.send_malformed_pool_message, items, chunksize=1)
+    text = str(info.value)
+    assert "task #3 of send_malformed_pool_message" in text, text
+    assert "pool worker w" in text and "malformed message" in text and field in text, text
+    assert "2 worker processes died running it (retries=1)" in text, text
+    # the pool survives: the slots are started again and take the next map
+    assert pool.map(tasks.send_malformed_pool_message, [(x, -1, None) for x in range(20)]) == [2 * x for x in range(20)]
+    assert sum(s.restarts for s in pool.stats()) >= 2
+    err = capfd.readouterr().err
+    assert "malformed message" in err and "ending its worker process" in err, err
+    assert "scheduler failed" not in err, err

@@ -1,8 +1,9 @@
 """``Executor``: a :class:`concurrent.futures.Executor` on the pool's engine.
 
-``submit`` makes a one-task job whose :class:`~concurrent.futures.Future`
-is set by the scheduler thread; the future turns *running* when its task is
-handed to a worker, so ``cancel()`` works until then.  ``map`` streams
+``submit`` makes a one-task engine job whose sink sets a
+:class:`~concurrent.futures.Future` from the scheduler thread; the future
+turns *running* when its task is pulled for a slot, so ``cancel()`` works
+until then.  ``map`` streams
 through the same machinery as :meth:`Pool.imap` (lazy input, chunks), with
 the ``timeout`` semantics of :meth:`concurrent.futures.Executor.map`.
 """
@@ -15,36 +16,39 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._scheduler import Job
-from ._shipped.poolworker import MODE_APPLY, MODE_STAR
+from ._pool import Job
+from ._shipped.poolmsg import MODE_APPLY, MODE_STAR
 from .pool import Pool
 
 
-class _FutureJob(Job):
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        super().__init__(func, iter([(args, kwargs)]), 1, MODE_APPLY, 1, False)
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+def _one_call(future: concurrent.futures.Future[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+    """The input of a future's job: its one call, unless the future was cancelled before it ran."""
+    if future.set_running_or_notify_cancel():
+        yield (args, kwargs)
 
-    def pull(self, n: int) -> list[Any]:
-        if not self.exhausted and not self.future.set_running_or_notify_cancel():
-            self.exhausted = True
-            self.ended = True  # cancelled before it ran
-            return []
-        return super().pull(n)
 
-    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> None:
+class _FutureSink:
+    """The sink of a future's job: sets the future (scheduler thread)."""
+
+    def __init__(self, future: concurrent.futures.Future[Any]) -> None:
+        self.future = future
+
+    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> bool:
         if errors:
             self.fail(errors[0])
         elif not self.future.done():
             self.future.set_result(values[0])
+        return not errors
 
     def fail(self, exc: BaseException) -> None:
-        self.ended = True
         if self.future.done():
             return
         if not self.future.running() and not self.future.set_running_or_notify_cancel():
             return
         self.future.set_exception(exc)
+
+    def finish(self) -> None:
+        pass
 
 
 class Executor(concurrent.futures.Executor):
@@ -69,8 +73,8 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if not callable(fn):
                 raise TypeError("%r is not callable" % (fn,))
-            job = _FutureJob(fn, args, kwargs)
-            fut = job.future
+            fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            job = Job(fn, _one_call(fut, args, kwargs), 1, MODE_APPLY, 1, _FutureSink(fut))
             self._pending.add(fut)
         fut.add_done_callback(self._forget)
         self.pool._sched.submit(job)

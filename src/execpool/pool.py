@@ -1,17 +1,20 @@
 """``Pool``: the ``multiprocessing.Pool`` API over gateways to any interpreters.
 
-A pool is a client of the low-level API: its workers are gateways of
-``pool.group`` running the pool's worker loop (``_poolworker``, sent with
-``remote_exec``), and the engine in ``_scheduler`` hands them chunks of
-tasks.  This module holds the public surface and the result objects::
+A pool is a client of the low-level API: each of its pool workers is the loop
+``_shipped/poolworker.py`` running in a worker process behind a gateway of
+``pool.group`` (started with ``remote_exec``), and the engine in
+:mod:`execpool._pool` hands them chunks of tasks.  This module holds the
+public surface and the result objects; a result object is not an engine job
+but the *sink* of one (``deliver``/``fail``/``finish``, see
+:mod:`execpool._pool.jobs`)::
 
-    pool.map / starmap / apply ──> AsyncResult (a job: results into their slots)
-    pool.imap / imap_unordered ──> IMapIterator (a job: results into a bounded buffer)
+    pool.map / starmap / apply ──> AsyncResult (sink: results into their places)
+    pool.imap / imap_unordered ──> IMapIterator (sink: results into a bounded buffer)
                                    │
-                                   └─ submitted to the scheduler thread, which cuts
-                                      the input into chunks and sends them to workers
+                                   └─ its Job is submitted to the scheduler thread, which
+                                      cuts the input into chunks and sends them to slots
 
-Results are set by the scheduler thread and read by the caller's thread:
+Results are delivered by the scheduler thread and read by the caller's thread:
 an :class:`AsyncResult` completes once (event set, then its callback or
 error_callback runs in the scheduler thread); an :class:`IMapIterator`
 wakes its consumer on each delivery.
@@ -27,8 +30,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._scheduler import Job, PoolTerminated, Scheduler, WorkerStats
-from ._shipped.poolworker import MODE_APPLY, MODE_MAP, MODE_STAR
+from ._pool import Job, PoolTerminated, Scheduler, WorkerStats
+from ._shipped.poolmsg import MODE_APPLY, MODE_MAP, MODE_STAR
 from .group import Group
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats"]
@@ -37,7 +40,7 @@ __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats
 IMAP_AHEAD = 10_000
 
 
-class AsyncResult(Job):
+class AsyncResult:
     """The result of :meth:`Pool.map_async`, :meth:`Pool.apply_async` and friends.
 
     ``get(timeout)`` returns the value (a list for the map family) or raises
@@ -50,12 +53,11 @@ class AsyncResult(Job):
         items: list[Any],
         mode: int,
         chunksize: int | None,
-        progress: Any,
         callback: Callable[[Any], Any] | None,
         error_callback: Callable[[BaseException], Any] | None,
         single: bool,
     ) -> None:
-        super().__init__(func, iter(items), len(items), mode, chunksize, progress)
+        self.job = Job(func, iter(items), len(items), mode, chunksize, self)
         self._values: list[Any] = [None] * len(items)
         self._single = single
         self._callback = callback
@@ -63,30 +65,27 @@ class AsyncResult(Job):
         self._error: BaseException | None = None
         self._event = threading.Event()
         self._finished = False
-        if not items:
-            self.exhausted = True
 
-    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> None:
+    # the sink the engine calls (scheduler thread) ---------------------------------------------
+    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> bool:
         if errors:
             self.fail(errors[min(errors)])
-            return
+            return False  # the first error is the result: the rest of the job is dropped
         if isinstance(indices, range) and indices.step == 1:
             self._values[indices.start : indices.stop] = values
         else:
             for i, v in zip(indices, values, strict=True):
                 self._values[i] = v
+        return True
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None and not self._event.is_set():
             self._error = exc
-        self.ended = True
 
     def finish(self) -> None:
-        super().finish()
         if self._finished:
             return
         self._finished = True
-        self.ended = True
         try:  # as in multiprocessing: the callback has run by the time get() returns
             if self._error is not None:
                 if self._error_callback is not None:
@@ -121,7 +120,7 @@ class AsyncResult(Job):
         """Return the result; re-raise the task's exception; ``multiprocessing.TimeoutError`` on timeout."""
         if not self._event.wait(timeout):
             raise multiprocessing.TimeoutError(
-                "the result of %s did not arrive within %s seconds" % (self.describe(), timeout)
+                "the result of %s did not arrive within %s seconds" % (self.job.describe(), timeout)
             )
         if self._error is not None:
             raise self._error
@@ -129,7 +128,7 @@ class AsyncResult(Job):
 
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "pending"
-        return "<AsyncResult %s %s>" % (self.describe(), state)
+        return "<AsyncResult %s %s>" % (self.job.describe(), state)
 
 
 class _Failed:
@@ -139,7 +138,7 @@ class _Failed:
         self.exc = exc
 
 
-class IMapIterator(Job):
+class IMapIterator:
     """The iterator :meth:`Pool.imap` and :meth:`Pool.imap_unordered` return.
 
     The input is consumed lazily, at most ``IMAP_AHEAD`` tasks ahead of the
@@ -155,28 +154,23 @@ class IMapIterator(Job):
         items: Iterable[Any],
         mode: int,
         chunksize: int | None,
-        progress: Any,
         ordered: bool,
         blocking_interrupt: Callable[[], None],
     ) -> None:
         total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-        super().__init__(func, iter(items), total, mode, chunksize, progress)
+        self.job = Job(func, iter(items), total, mode, chunksize, self, limit=IMAP_AHEAD)
         self._sched = sched
         self._ordered = ordered
         self._cond = threading.Condition()
         self._buffer: dict[int, Any] = {}
         self._queue: collections.deque[Any] = collections.deque()
         self._pos = 0
-        self.consumed = 0
         self._error: BaseException | None = None
         self._finished = False
         self._interrupt = blocking_interrupt
-        self.limit = IMAP_AHEAD
 
-    def outstanding(self) -> int:
-        return self.next_index - self.consumed
-
-    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> None:
+    # the sink the engine calls (scheduler thread) ---------------------------------------------
+    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> bool:
         with self._cond:
             for k, (i, v) in enumerate(zip(indices, values, strict=True)):
                 if k in errors:
@@ -186,16 +180,15 @@ class IMapIterator(Job):
                 else:
                     self._queue.append(v)
             self._cond.notify_all()
+        return True
 
     def fail(self, exc: BaseException) -> None:
         with self._cond:
             if self._error is None:
                 self._error = exc
-            self.ended = True
             self._cond.notify_all()
 
     def finish(self) -> None:
-        super().finish()
         with self._cond:
             self._finished = True
             self._cond.notify_all()
@@ -225,15 +218,13 @@ class IMapIterator(Job):
                         raise StopIteration
                     if not self._cond.wait(timeout):
                         raise multiprocessing.TimeoutError(
-                            "no result of %s arrived within %s seconds" % (self.describe(), timeout)
+                            "no result of %s arrived within %s seconds" % (self.job.describe(), timeout)
                         )
         except KeyboardInterrupt:
             self._interrupt()
             raise
-        self.consumed += 1
-        if self.throttled:  # the scheduler waits for room ahead of this consumer: there is some now
-            self.throttled = False
-            self._sched.wake()
+        if self.job.consumed_one():  # the scheduler waits for room ahead of this consumer: there is some now
+            self._sched.consumed(self.job)
         if type(value) is _Failed:
             raise value.exc
         return value
@@ -332,7 +323,7 @@ class Pool:
 
     def __repr__(self) -> str:
         s = self._sched
-        return "<execpool.Pool %s workers=%d>" % (s.state, sum(w.state == "ready" for w in s.workers))
+        return "<execpool.Pool %s workers=%d>" % (s.state, s.ready_count())
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -349,9 +340,9 @@ class Pool:
         _check_chunksize(chunksize)
         if not callable(func):
             raise TypeError("%r is not callable" % (func,))
-        job = AsyncResult(func, list(items), mode, chunksize, self._progress, callback, error_callback, single)
-        self._sched.submit(job)
-        return job
+        result = AsyncResult(func, list(items), mode, chunksize, callback, error_callback, single)
+        self._sched.submit(result.job, self._progress)
+        return result
 
     def _wait(self, result: AsyncResult) -> Any:
         try:
@@ -420,8 +411,8 @@ class Pool:
         _check_chunksize(chunksize)
         if not callable(func):
             raise TypeError("%r is not callable" % (func,))
-        it = IMapIterator(self._sched, func, iterable, mode, chunksize, self._progress, ordered, self.terminate)
-        self._sched.submit(it)
+        it = IMapIterator(self._sched, func, iterable, mode, chunksize, ordered, self.terminate)
+        self._sched.submit(it.job, self._progress)
         return it
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None) -> IMapIterator:
@@ -478,7 +469,8 @@ class Pool:
         self._sched.add_rsync(path)
 
     def stats(self) -> list[WorkerStats]:
-        """Per worker slot: spec, host, Python, tasks, failures, busy/idle seconds, bytes, restarts."""
+        """Per slot (one pool worker and its replacements): spec, host, Python, tasks, failures,
+        busy/idle seconds, bytes, restarts."""
         return self._sched.stats()
 
 

@@ -18,12 +18,14 @@ Modules: ``errors`` (exceptions both sides raise), ``trace`` (debug tracing),
 format, sans-I/O), ``serial`` (channel data), ``channel`` (channels),
 ``connection`` (the reader thread and frame dispatch), ``worker`` (a worker
 process's main loop), ``poolworker`` (the pool worker loop), ``poolmsg`` (the
-pool's message names), ``rsync_receiver`` (the receiving end of RSync),
-``relay`` (the relaying end of ``via=``), ``server`` (the ``execpool serve``
-socket server and its handshake; in a worker for ``installvia=``).
+pool's message names), ``hostkey`` (what names a host's filesystem, and the
+host-sync probe), ``rsync_receiver`` (the receiving end of RSync), ``relay``
+(the relaying end of ``via=``), ``server`` (the ``execpool serve`` socket
+server and its handshake; in a worker for ``installvia=``).
 
 Entry points that the master runs in a worker with ``remote_exec`` are plain
-functions of these modules (``poolworker.serve``, ``rsync_receiver.serve``,
-``relay.serve``, ``server.serve_one_client``, ``worker.report_info``):
+functions of these modules (``poolworker.serve``, ``hostkey.probe``,
+``rsync_receiver.serve``, ``relay.serve``, ``server.serve_one_client``,
+``worker.report_info``):
 :meth:`execpool.Gateway.remote_exec` sends a reference to them, not their source.
 """

@@ -1,24 +1,14 @@
-"""The pool's worker loop: ordinary ``remote_exec`` code, run by every pool worker.
+"""The pool worker loop: ordinary ``remote_exec`` code, run in every worker process of a pool.
 
-The pool (``_scheduler``) sends this module's source with
-:meth:`Gateway.remote_exec`; being the gateway's first ``remote_exec`` it runs
-in the worker's main thread.  It must stay stdlib-only and run on CPython 3.8+.
+The pool engine (``execpool._pool``) starts it with
+``gateway.remote_exec(poolworker.serve)`` (a reference: the worker already has
+this module); being the gateway's first ``remote_exec`` it runs in the worker
+process's main thread.  It must stay stdlib-only and run on CPython 3.8+.
 
-Messages on the task channel (all channel data, payloads are pickle bytes)::
-
-    master -> worker                         worker -> master
-    config dict (once)                       ("ready", info) | ("initerror", pack)
-    ("f", fid, pickled function)
-    ("t", cid, fid, mode, pickled items)     ("b", cid)  before the chunk, when asked
-                                             ("r", cid, pickled results, busy, errors)
-    ("p", [directories])  -> sys.path
-    ("c",)  forget the loaded functions
-    ("x",)  finish
-
-``mode`` says how an item becomes a call: ``f(item)``, ``f(*item)`` or
-``f(*args, **kwargs)``.  ``errors`` is None or a list of ``(i, pack)`` for
-the items that raised, where ``pack`` is ``(pickled exception or None,
-type name, message, traceback text)``.
+The messages on the task channel, their names and fields, are in
+:mod:`poolmsg`: a config dict, then ``FUNCTION``/``TASKS``/``ADD_PATH``/
+``FORGET``/``EXIT`` from the master; ``READY`` or ``INIT_ERROR``, then
+``BEGUN`` (when asked) and ``RESULTS`` from this loop.
 
 Module serving: when the config carries a ``modules`` channel, a finder at the
 end of ``sys.meta_path`` asks the master for modules nothing else on the
@@ -38,11 +28,9 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import poolmsg as _msg
 from . import serial as _serial
-
-MODE_MAP = 0
-MODE_STAR = 1
-MODE_APPLY = 2
+from .poolmsg import MODE_MAP, MODE_STAR
 
 
 class _ServedLoader(importlib.abc.Loader):
@@ -103,7 +91,7 @@ class MasterFinder(importlib.abc.MetaPathFinder):
 
 
 def pack_exception(exc: BaseException, trusted: bool) -> Tuple[Optional[bytes], str, str, str]:
-    """What travels for a task's exception: see the module docstring."""
+    """What travels for a task's exception: a ``pack``, see :mod:`poolmsg`."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     name = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
     try:
@@ -197,27 +185,27 @@ class Worker:
         while True:
             msg = receive()
             kind = msg[0]
-            if kind == "t":
+            if kind == _msg.TASKS:
                 _, cid, fid, mode, payload = msg
                 if self.begin:
-                    send(("b", cid))
+                    send((_msg.BEGUN, cid))
                 t0 = time.perf_counter()
                 results, errors = self.run_chunk(fid, mode, payload)
                 data, errors = self.encode(results, errors)
-                send(("r", cid, data, time.perf_counter() - t0, errors))
-            elif kind == "f":
+                send((_msg.RESULTS, cid, data, time.perf_counter() - t0, errors))
+            elif kind == _msg.FUNCTION:
                 _, fid, payload = msg
                 try:
                     self.funcs[fid] = pickle.loads(payload)
                 except Exception as exc:
                     self.funcs[fid] = exc
-            elif kind == "c":
+            elif kind == _msg.FORGET:
                 self.funcs.clear()
-            elif kind == "p":
+            elif kind == _msg.ADD_PATH:
                 for d in reversed(msg[1]):
                     if d not in sys.path:
                         sys.path.insert(0, d)
-            elif kind == "x":
+            elif kind == _msg.EXIT:
                 return
             else:
                 raise ValueError("unknown pool message %r" % (kind,))
@@ -245,11 +233,11 @@ def main(channel: Any) -> None:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            channel.send(("initerror", pack_exception(exc, worker.trusted)))
+            channel.send((_msg.INIT_ERROR, pack_exception(exc, worker.trusted)))
             return
     channel.send(
         (
-            "ready",
+            _msg.READY,
             {
                 "python": tuple(sys.version_info[:3]),
                 "protocol": pickle.HIGHEST_PROTOCOL,
@@ -262,5 +250,5 @@ def main(channel: Any) -> None:
 
 
 def serve(channel: Any) -> None:
-    """The pool worker's entry point: ``gateway.remote_exec(poolworker.serve)``."""
+    """The pool worker loop's entry point: ``gateway.remote_exec(poolworker.serve)``."""
     main(channel)

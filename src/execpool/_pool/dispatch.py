@@ -1,0 +1,276 @@
+"""Dispatch: the queue of jobs, the chunks to run again, and sending chunks to ready slots.
+
+Owned by the scheduler thread (nothing here is touched by any other thread):
+it pulls chunks lazily from the jobs' input iterators in submission order
+(chunks put back after a loss first), sizes them (:mod:`.chunking`), keeps a
+stream at most ``limit`` tasks ahead of its consumer, keeps jobs whose
+function or arguments travel by value (cloudpickle) on slots of the master's
+Python, and sends a chunk's function (once per pool worker) and tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .. import _payload
+from .._shipped import poolmsg as _msg
+from .._shipped.errors import ExecpoolError
+from . import chunking
+from .jobs import Chunk, Job
+from .slots import Slot, SlotTable
+from .states import SlotState
+
+#: Functions a pool worker keeps loaded (and the master remembers the ids of).
+FUNCTIONS_KEPT = 512
+#: Functions whose time per task is remembered for their next job's first chunk.
+TIMES_KEPT = 256
+
+
+class Dispatcher:
+    """The jobs of one pool and the chunks on their way to its slots."""
+
+    def __init__(self, slots: SlotTable, timeout: float | None, maxtasks: int | None, master_python: tuple[int, ...]):
+        self.slots = slots
+        self.timeout = timeout
+        self.maxtasks = maxtasks
+        self.master_python = master_python
+        self.jobs: collections.deque[Job] = collections.deque()
+        self.retry: collections.deque[Chunk] = collections.deque()
+        self.cids: Iterator[int] = itertools.count(1)
+        self.needs_mine: set[Job] = set()  # jobs that only a slot of the master's Python can run
+        # function -> (seconds per task, pickled bytes per task) from its last job
+        self.task_times: dict[str, tuple[float, float]] = {}
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def admit(self, job: Job) -> None:
+        prior = self.task_times.get(job.describe())
+        if prior is not None:
+            job.prior, job.bytes_per_item = prior
+        self.jobs.append(job)
+        if job.by_value:
+            self.needs_mine.add(job)
+
+    def remember_task_time(self, job: Job) -> None:
+        """Keep the function's time per task for its next job's first chunk (few functions are kept)."""
+        key = job.describe()
+        if key not in self.task_times and len(self.task_times) >= TIMES_KEPT:
+            self.task_times.pop(next(iter(self.task_times)))
+        self.task_times[key] = (job.busy / job.measured, job.bytes_per_item)
+
+    def end_job(self, job: Job) -> None:
+        job.end()
+        try:
+            self.jobs.remove(job)
+        except ValueError:
+            pass
+
+    def deliver(self, job: Job, chunk: Chunk, values: list[Any], errs: dict[int, BaseException]) -> None:
+        job.deliver(chunk.indices, values, errs)
+        if job.done():
+            self.end_job(job)
+
+    def fail_chunk(self, chunk: Chunk, err: BaseException) -> None:
+        """Every task of ``chunk`` fails with ``err``."""
+        n = len(chunk.indices)
+        self.deliver(chunk.job, chunk, [None] * n, dict.fromkeys(range(n), err))
+
+    def deliver_results(self, chunk: Chunk, msg: _msg.Results, where: str, trusted: bool) -> None:
+        """Load a RESULTS message of ``chunk`` (from ``where``) and deliver it to the chunk's job."""
+        n = len(chunk.indices)
+        whole = [pack for i, pack in msg.errors or () if i < 0]
+        if whole:  # the whole chunk failed: its function or its arguments did not load
+            self.fail_chunk(
+                chunk, _payload.rebuild_exception(whole[0], trusted, "%s, task #%s" % (where, chunk.indices[0]))
+            )
+            return
+        try:
+            values = _payload.loads_results(msg.data, trusted)
+            if not isinstance(values, list) or len(values) != n:
+                raise ValueError("expected %d results, got %r" % (n, type(values).__name__))
+        except Exception as exc:
+            self.fail_chunk(
+                chunk, ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
+            )
+            return
+        errs: dict[int, BaseException] = {}
+        for i, pack in msg.errors or ():
+            errs[i] = _payload.rebuild_exception(pack, trusted, "%s, task #%s" % (where, chunk.indices[i]))
+        self.deliver(chunk.job, chunk, values, errs)
+
+    def put_back(self, chunks: list[Chunk]) -> None:
+        """Chunks to run again, first (their payload is made again)."""
+        for c in reversed(chunks):
+            if not c.job.ended:
+                c.payload = None
+                self.retry.appendleft(c)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for job in list(self.jobs):
+            if not job.ended:
+                job.fail(exc)
+            job.end()
+        self.jobs.clear()
+        self.retry.clear()
+        for slot in self.slots.slots:
+            slot.inflight.clear()
+
+    def idle(self) -> bool:
+        return not self.jobs and not self.retry
+
+    # -- dispatching --------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Give every ready slot that wants one a chunk, until none is taken."""
+        self.fail_starving()
+        ready = self.slots.ready()
+        if not ready:
+            return
+        progress = True
+        while progress:
+            progress = False
+            for slot in ready:
+                if slot.state is not SlotState.READY or not self._wants_more(slot):
+                    continue
+                if self.maxtasks is not None and slot.dispatched >= self.maxtasks:
+                    continue
+                chunk = self._next_chunk(slot, len(ready))
+                if chunk is None:
+                    continue
+                self._send_chunk(slot, chunk)
+                progress = True
+        self.fail_starving()  # a chunk found to need the master's Python may have been put back
+
+    def _wants_more(self, slot: Slot) -> bool:
+        if not slot.inflight:
+            return True
+        running = next(iter(slot.inflight.values()))
+        return chunking.wants_another_chunk(len(slot.inflight), len(running.indices), running.job.per_task(), slot.rtt)
+
+    def fail_starving(self) -> None:
+        """Fail jobs that only a slot of the master's Python can run when no such slot is left."""
+        self.needs_mine = {j for j in self.needs_mine if not j.ended}
+        if not self.needs_mine:
+            return
+        if any(
+            s.state is SlotState.STARTING
+            or (s.state is SlotState.READY and s.python is not None and s.python[:2] == self.master_python)
+            for s in self.slots.slots
+        ):
+            return
+        for job in list(self.needs_mine):
+            what = "%s" % job.describe() if job.by_value else "the arguments of %s" % job.describe()
+            job.fail(
+                ValueError(
+                    "%s travel by value (cloudpickle), which needs a pool worker of the master's Python %s; "
+                    "the pool has no such worker. Make them importable (module-level functions and classes) "
+                    "so that plain pickle can send them." % (what, "%d.%d" % self.master_python)
+                )
+            )
+            self.end_job(job)
+        self.needs_mine.clear()
+
+    def _next_chunk(self, slot: Slot, nslots: int) -> Chunk | None:
+        for i, c in enumerate(self.retry):
+            if c.job.ended:
+                continue
+            if self._compatible(slot, c.job):
+                del self.retry[i]
+                return c
+        while self.retry and self.retry[0].job.ended:
+            self.retry.popleft()
+        finished: list[Job] = []
+        chunk = None
+        for job in self.jobs:  # not modified in this loop (many one-task jobs must stay cheap)
+            if job.ended:
+                finished.append(job)
+                continue
+            if not job.wants_input() or not self._compatible(slot, job):
+                if job.done():
+                    finished.append(job)
+                continue
+            if job.limit is not None:  # a stream: not more than ``limit`` tasks ahead of its consumer
+                # Flag first, then look: a consumer that takes a result after the flag is set
+                # wakes us; one that took it before is seen in outstanding() (no lost wake-up).
+                job.throttled = True
+                if job.outstanding() >= job.limit:
+                    continue
+                job.throttled = False
+            n = chunking.chunk_size(
+                per_task=job.per_task(),
+                rtt=slot.rtt,
+                remaining=None if job.total is None else job.total - job.next_index,
+                slots=nslots,
+                chunksize=job.chunksize,
+                bytes_per_task=job.bytes_per_item,
+                read_ahead=job.limit,
+                budget=None if self.maxtasks is None else self.maxtasks - slot.dispatched,
+                one_at_a_time=self.timeout is not None,
+            )
+            if job.limit is not None:
+                n = min(n, job.limit - job.outstanding())
+            start = job.next_index
+            items = job.pull(n)
+            if not items:
+                if job.done():
+                    finished.append(job)
+                continue
+            job.next_index += len(items)
+            chunk = Chunk(next(self.cids), job, range(start, start + len(items)), items, 0)
+            break
+        for job in finished:
+            self.end_job(job)
+        return chunk
+
+    def _compatible(self, slot: Slot, job: Job) -> bool:
+        if not (job.by_value or job.by_value_items):
+            return True
+        return slot.python is not None and slot.python[:2] == self.master_python
+
+    def _send_chunk(self, slot: Slot, chunk: Chunk) -> None:
+        job = chunk.job
+        ch = slot.ch
+        assert ch is not None
+        try:
+            if chunk.payload is None:
+                chunk.payload, by_value = _payload.dumps_items(chunk.items)
+                if by_value and not job.by_value_items:
+                    job.by_value_items = True
+                    self.needs_mine.add(job)
+                    if not self._compatible(slot, job):
+                        self.retry.appendleft(chunk)
+                        return
+                job.bytes_per_item = chunking.next_bytes_per_task(
+                    job.bytes_per_item, len(chunk.payload), len(chunk.indices)
+                )
+        except Exception as exc:
+            err = TypeError(
+                "cannot send the arguments of tasks #%d-#%d of %s: %s"
+                % (chunk.indices[0], chunk.indices[-1], job.describe(), exc)
+            )
+            self.fail_chunk(chunk, err)
+            return
+        chunk.queued_behind = len(slot.inflight)
+        chunk.sent_at = time.monotonic()
+        slot.inflight[chunk.cid] = chunk
+        if self.timeout is not None and slot.current is None:
+            # The clock runs from now; the pool worker's BEGUN (it started the task) restarts it.
+            slot.current = chunk.cid
+            slot.deadline = chunk.sent_at + self.timeout
+        slot.dispatched += len(chunk.indices)
+        try:
+            if job.fid not in slot.funcs:
+                if len(slot.funcs) >= FUNCTIONS_KEPT:
+                    ch.send((_msg.FORGET,))  # later tasks send their functions again
+                    slot.funcs.clear()
+                ch.send((_msg.FUNCTION, job.fid, job.fpayload))
+                slot.funcs.add(job.fid)
+                slot.stats.bytes_sent += len(job.fpayload)
+            ch.send((_msg.TASKS, chunk.cid, job.fid, job.mode, chunk.payload))
+            slot.stats.bytes_sent += len(chunk.payload)
+        except OSError:
+            pass  # the worker process is gone: its Lost event puts back what it held

@@ -1,0 +1,155 @@
+"""The pool's wire messages: their names, their fields, and the master's check of them.
+
+Both ends import this module: the pool worker loop (``poolworker``) and the
+master's pool engine (``execpool._pool``).  A message on the task channel is a
+tuple whose first item is one of the kinds below; payloads are pickle bytes.
+
+master -> pool worker:
+
+- the config dict, once, first (see ``poolworker.main``);
+- ``(FUNCTION, fid, function)``: ``fid`` an int naming the function in later
+  ``TASKS``; ``function`` the pickled callable;
+- ``(TASKS, cid, fid, mode, items)``: ``cid`` an int naming the chunk, ``fid``
+  a function sent before, ``mode`` one of ``MODE_MAP`` (``f(item)``),
+  ``MODE_STAR`` (``f(*item)``), ``MODE_APPLY`` (``f(*args, **kwargs)``),
+  ``items`` the pickled list of the chunk's items;
+- ``(ADD_PATH, directories)``: a list of str put in front of ``sys.path``;
+- ``(FORGET,)``: the worker drops its loaded functions (they are sent again);
+- ``(EXIT,)``: the worker loop returns.
+
+pool worker -> master (each field checked by :func:`from_worker`):
+
+- ``(READY, info)``: once, after the initializer; ``info`` a dict whose
+  ``"python"`` is the worker's ``sys.version_info[:3]`` (ints), with ``pid``,
+  ``cwd`` and ``protocol``;
+- ``(INIT_ERROR, pack)``: instead of ``READY`` when the initializer raised;
+- ``(BEGUN, cid)``: the worker starts chunk ``cid`` (only when the config
+  asked, for ``timeout=``);
+- ``(RESULTS, cid, data, busy, errors)``: chunk ``cid`` is done; ``data`` the
+  bytes of its results list, ``busy`` the seconds (a float >= 0) it ran;
+  ``errors`` None or a list of ``(i, pack)``, ``i`` the position of the item
+  that raised (-1: the whole chunk failed to load).
+
+A ``pack`` is ``(pickled exception or None, type name, message, traceback
+text)``, the three texts str.
+
+Stdlib only, valid on CPython 3.8 (this file runs in every pool worker).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+
+# -- master -> pool worker
+FUNCTION = "function"
+TASKS = "tasks"
+ADD_PATH = "add_path"
+FORGET = "forget"
+EXIT = "exit"
+
+# -- pool worker -> master
+READY = "ready"
+INIT_ERROR = "init_error"
+BEGUN = "begun"
+RESULTS = "results"
+
+# -- how a task's item becomes a call
+MODE_MAP = 0
+MODE_STAR = 1
+MODE_APPLY = 2
+
+Pack = Tuple[Optional[bytes], str, str, str]
+
+
+class MalformedMessage(ValueError):
+    """A pool worker sent a message that breaks this module's contract; the text names the field."""
+
+
+class Ready(NamedTuple):
+    python: Tuple[int, ...]
+    info: Dict[str, Any]
+
+
+class InitError(NamedTuple):
+    pack: Pack
+
+
+class Begun(NamedTuple):
+    cid: int
+
+
+class Results(NamedTuple):
+    cid: int
+    data: bytes
+    busy: float
+    errors: Optional[List[Tuple[int, Pack]]]
+
+
+WorkerMessage = Union[Ready, InitError, Begun, Results]
+
+_ARITY = {READY: 2, INIT_ERROR: 2, BEGUN: 2, RESULTS: 5}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int(kind: str, field: str, value: Any) -> int:
+    if type(value) is not int:
+        raise MalformedMessage("%s message: field %s is %s, not an int" % (kind, field, _short(value)))
+    return value
+
+
+def _pack(kind: str, field: str, value: Any) -> Pack:
+    ok = (
+        isinstance(value, tuple)
+        and len(value) == 4
+        and (value[0] is None or isinstance(value[0], bytes))
+        and all(isinstance(v, str) for v in value[1:])
+    )
+    if not ok:
+        raise MalformedMessage(
+            "%s message: field %s is %s, not (bytes or None, str, str, str)" % (kind, field, _short(value))
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def from_worker(msg: Any) -> WorkerMessage:
+    """The typed record of a message a pool worker sent; :class:`MalformedMessage` names what is wrong."""
+    if not isinstance(msg, tuple) or not msg:
+        raise MalformedMessage("a pool message is a non-empty tuple, not %s" % _short(msg))
+    kind = msg[0]
+    arity = _ARITY.get(kind) if isinstance(kind, str) else None
+    if arity is None:
+        raise MalformedMessage("unknown pool message kind %s" % _short(kind))
+    if len(msg) != arity:
+        raise MalformedMessage("%s message has %d fields, not %d" % (kind, len(msg), arity))
+    if kind == RESULTS:
+        _, cid, data, busy, errors = msg
+        _int(kind, "cid", cid)
+        if not isinstance(data, bytes):
+            raise MalformedMessage("%s message: field data is %s, not bytes" % (kind, _short(data)))
+        if type(busy) not in (int, float) or not math.isfinite(busy) or busy < 0:
+            raise MalformedMessage("%s message: field busy is %s, not seconds >= 0" % (kind, _short(busy)))
+        if errors is not None:
+            if not isinstance(errors, list):
+                raise MalformedMessage("%s message: field errors is %s, not a list" % (kind, _short(errors)))
+            for entry in errors:
+                if not isinstance(entry, tuple) or len(entry) != 2:
+                    raise MalformedMessage("%s message: an errors entry is %s, not (i, pack)" % (kind, _short(entry)))
+                _int(kind, "errors[].i", entry[0])
+                _pack(kind, "errors[].pack", entry[1])
+        return Results(cid, data, float(busy), errors)
+    if kind == BEGUN:
+        return Begun(_int(kind, "cid", msg[1]))
+    if kind == INIT_ERROR:
+        return InitError(_pack(kind, "pack", msg[1]))
+    info = msg[1]
+    if not isinstance(info, dict):
+        raise MalformedMessage("%s message: field info is %s, not a dict" % (kind, _short(info)))
+    python = info.get("python")
+    if not isinstance(python, tuple) or len(python) < 2 or not all(type(v) is int for v in python):
+        raise MalformedMessage("%s message: field info['python'] is %s, not a version tuple" % (kind, _short(python)))
+    return Ready(python, info)
