@@ -30,7 +30,7 @@ from ._shipped.errors import (
 from ._shipped.execmodel import ExecModel
 from ._shipped.serial import dumps, loads
 from ._xspec import XSpec, popen_xspec, ssh_xspec
-from .gateway import Gateway, RemoteInfo, RemoteStatus
+from .gateway import Gateway, RemoteInfo, RemoteStatus, WorkerOptions
 from .group import Group, MultiChannel, default_group, makegateway
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ __all__ = [
     "SshGateway",
     "TimeoutError",
     "WorkerLost",
+    "WorkerOptions",
     "WorkerStats",
     "XSpec",
     "__version__",
