@@ -28,6 +28,7 @@ from ._bootstrap import BOOTSTRAP, interpreter_key
 from ._shipped import trace as _trace
 from ._shipped.connection import FdIO, enlarge_pipe
 from ._shipped.errors import GatewayStartError, InterpreterNotFound
+from ._shipped.relay import start_child
 from ._xspec import local_python
 
 if TYPE_CHECKING:
@@ -140,21 +141,8 @@ class PopenTransport(StderrRelay):
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FdIO:
-        env = None
-        if self.env:
-            env = dict(os.environ)
-            env.update(self.env)
         try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                bufsize=0,
-                close_fds=True,
-                start_new_session=True,
-                env=env,
-            )
+            self.proc = start_child(self.argv, self.env)
         except FileNotFoundError:
             raise InterpreterNotFound(
                 "gateway %s: the command %r was not found (command line: %s); "

@@ -22,28 +22,39 @@ import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable, Dict, List, Optional
 
 #: Bytes read from the child's stdout or stderr at a time.
 BLOCK = 262144
 
 
+def start_child(argv: List[str], env: Optional[Dict[str, str]]) -> "subprocess.Popen[bytes]":
+    """Start a worker process's interpreter with unbuffered pipes, in a session of its own.
+
+    ``env`` adds to (or overrides) this process's environment.  The popen transport on the
+    master starts its interpreters the same way.
+    """
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        close_fds=True,
+        start_new_session=True,
+        env=full_env,
+    )
+
+
 def serve(channel: Any) -> None:
     """Start the relayed child process and copy its bytes until it ends (or the channel does)."""
     argv, env, errch = channel.receive()
-    full_env = dict(os.environ)
-    full_env.update(env)
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-            close_fds=True,
-            start_new_session=True,
-            env=full_env,
-        )
+        proc = start_child(argv, env)
     except OSError as exc:
         channel.send(("error", "%s: %s" % (type(exc).__name__, exc)))
         errch.close()
