@@ -7,6 +7,7 @@ master (the pool serves pure-Python modules).  Keep it stdlib-only.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -103,5 +104,12 @@ def send_malformed_pool_message(item: tuple[int, int, Any]) -> int:
         import gc
 
         (worker,) = [o for o in gc.get_objects() if type(o).__name__ == "Worker" and hasattr(o, "channel")]
+        if isinstance(message, tuple) and "<cid>" in message:
+            # the id of the chunk this task runs in, from the pool worker's own frame
+            frame = sys._getframe()
+            while frame is not None and "cid" not in frame.f_locals:
+                frame = frame.f_back
+            assert frame is not None
+            message = tuple(frame.f_locals["cid"] if part == "<cid>" else part for part in message)
         worker.channel.send(message)
     return 2 * x

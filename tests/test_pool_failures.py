@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
+import pickle
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -532,8 +533,12 @@ def test_a_slot_whose_host_stays_unreachable_is_tried_again_while_the_others_wor
         (("begun",), "has 1 fields, not 2"),
         (("whatever", 1), "unknown pool message kind"),
         ("not a tuple", "non-empty tuple"),
+        (("results", 10**9, pickle.dumps([0]), 0.0, None), "a chunk this pool worker does not hold"),
+        (("begun", 10**9), "a chunk this pool worker does not hold"),
+        (("results", "<cid>", pickle.dumps([1, 2, 3]), 0.0, None), "field data holds 3 results for chunk"),
+        (("results", "<cid>", pickle.dumps("no list"), 0.0, None), "field data holds a str for chunk"),
     ],
-    ids=["cid", "busy", "errors", "arity", "kind", "type"],
+    ids=["cid", "busy", "errors", "arity", "kind", "type", "unsent-chunk", "unsent-begun", "count", "not-list"],
 )
 def test_a_malformed_message_from_a_pool_worker_fails_that_worker_not_the_pool(
     cleanup: list[execpool.Pool], capfd: pytest.CaptureFixture[str], message: object, field: str

@@ -79,28 +79,34 @@ class Dispatcher:
         n = len(chunk.indices)
         self.deliver(chunk.job, chunk, [None] * n, dict.fromkeys(range(n), err))
 
-    def deliver_results(self, chunk: Chunk, msg: _msg.Results, where: str, trusted: bool) -> None:
-        """Load a RESULTS message of ``chunk`` (from ``where``) and deliver it to the chunk's job."""
+    def load_results(
+        self, chunk: Chunk, msg: _msg.Results, where: str, trusted: bool
+    ) -> tuple[list[Any], dict[int, BaseException]]:
+        """The values and errors of a RESULTS message of ``chunk`` (from ``where``), ready to deliver.
+
+        A message whose results do not fit the chunk (not a list, or another count of them)
+        breaks the message contract: :class:`~execpool._shipped.poolmsg.MalformedMessage`.
+        Results that do not load (the restricted loader refuses them, say) fail the chunk's tasks.
+        """
         n = len(chunk.indices)
         whole = [pack for i, pack in msg.errors or () if i < 0]
         if whole:  # the whole chunk failed: its function or its arguments did not load
-            self.fail_chunk(
-                chunk, _payload.rebuild_exception(whole[0], trusted, "%s, task #%s" % (where, chunk.indices[0]))
-            )
-            return
+            err = _payload.rebuild_exception(whole[0], trusted, "%s, task #%s" % (where, chunk.indices[0]))
+            return [None] * n, dict.fromkeys(range(n), err)
         try:
             values = _payload.loads_results(msg.data, trusted)
-            if not isinstance(values, list) or len(values) != n:
-                raise ValueError("expected %d results, got %r" % (n, type(values).__name__))
         except Exception as exc:
-            self.fail_chunk(
-                chunk, ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
+            failed = ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
+            return [None] * n, dict.fromkeys(range(n), failed)
+        if not isinstance(values, list) or len(values) != n:
+            got = "%d results" % len(values) if isinstance(values, list) else "a %s" % type(values).__name__
+            raise _msg.MalformedMessage(
+                "results message: field data holds %s for chunk %d of %d tasks" % (got, msg.cid, n)
             )
-            return
         errs: dict[int, BaseException] = {}
         for i, pack in msg.errors or ():
             errs[i] = _payload.rebuild_exception(pack, trusted, "%s, task #%s" % (where, chunk.indices[i]))
-        self.deliver(chunk.job, chunk, values, errs)
+        return values, errs
 
     def put_back(self, chunks: list[Chunk]) -> None:
         """Chunks to run again, first (their payload is made again)."""

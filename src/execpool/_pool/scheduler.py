@@ -311,6 +311,11 @@ class Scheduler:
             return  # its worker process is being ended for an earlier malformed message
         try:
             msg = _msg.from_worker(raw)
+            if isinstance(msg, (_msg.Results, _msg.Begun)) and msg.cid not in s.inflight:
+                raise _msg.MalformedMessage(
+                    "%s message: field cid is %d, a chunk this pool worker does not hold"
+                    % (type(msg).__name__.lower(), msg.cid)
+                )
             if isinstance(msg, _msg.Results):
                 for i, _ in msg.errors or ():
                     chunk = s.inflight.get(msg.cid)
@@ -337,9 +342,15 @@ class Scheduler:
         self.slots.kill(s)
 
     def _on_results(self, s: Slot, msg: _msg.Results) -> None:
-        chunk = s.inflight.pop(msg.cid, None)
-        if chunk is None:
-            return
+        chunk = s.inflight[msg.cid]  # _on_message checked that the slot holds it
+        loaded = None
+        if not chunk.job.ended:
+            try:
+                loaded = self.queue.load_results(chunk, msg, s.where(), self.trusted)
+            except _msg.MalformedMessage as exc:
+                self._condemn(s, "it sent a malformed message: %s" % exc)  # the chunk is put back with the loss
+                return
+        del s.inflight[msg.cid]
         now = time.monotonic()
         n = len(chunk.indices)
         with self.lock:
@@ -361,8 +372,8 @@ class Scheduler:
         job.busy += msg.busy
         job.measured += n
         self.queue.remember_task_time(job)
-        if not job.ended:
-            self.queue.deliver_results(chunk, msg, s.where(), self.trusted)
+        if loaded is not None and not job.ended:
+            self.queue.deliver(job, chunk, *loaded)
         self._after_result(s)
 
     def _after_result(self, s: Slot) -> None:
