@@ -96,3 +96,10 @@ def module_attr(module: str, attr: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), attr)
+
+
+def stop_at_five(x: int) -> int:
+    """``x``, but ``x == 5`` raises StopIteration (a task that leaks it from a next() call)."""
+    if x == 5:
+        raise StopIteration("ran out at %d" % x)
+    return x

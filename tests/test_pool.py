@@ -613,3 +613,37 @@ def test_a_pool_left_running_at_interpreter_exit_ends_quietly(tmp_path: Path) ->
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "[1, 2]"
     assert proc.stderr == "", proc.stderr
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+def test_a_task_raising_stopiteration_fails_its_call_instead_of_ending_the_iteration(trusted: bool) -> None:
+    with execpool.Pool(2, trust_workers=trusted) as p:
+        for make in (p.imap, p.imap_unordered):
+            got = []
+            with pytest.raises(RuntimeError, match="raised StopIteration") as info:
+                for x in make(tasks.stop_at_five, range(10), chunksize=1):
+                    got.append(x)
+            assert isinstance(info.value.__cause__, StopIteration)
+            assert 5 not in got
+        with pytest.raises(RuntimeError, match="raised StopIteration"):
+            p.map(tasks.stop_at_five, range(10))
+        assert p.map(tasks.stop_at_five, range(5)) == list(range(5))
+
+
+def test_the_pools_group_is_usable_right_after_the_pool_is_made() -> None:
+    # the gateways are in the group while their worker processes still start: calls wait for them
+    for _ in range(3):
+        with execpool.Pool(2) as p:
+            got = [ch.receive(30) for ch in p.group.remote_exec("channel.send(6 * 7)")]
+            assert got and got == [42] * len(got)
+            assert all(gw.remote_info().pid > 0 for gw in p.group)
+            assert all(gw.remote_status().numexecuting >= 0 for gw in p.group)
+
+
+def test_a_call_on_a_gateway_whose_start_failed_says_so() -> None:
+    group = execpool.Group()
+    gw = execpool.Gateway(execpool.XSpec("popen//python=/nonexistent/python3"), "gw-bad", group)
+    gw._hello_event.set()  # as a connection that ended before the hello leaves it
+    for call in (lambda: gw.remote_exec("pass"), gw.remote_info, gw.remote_status):
+        with pytest.raises(execpool.GatewayStartError, match=r"gw-bad .*its worker process did not start"):
+            call()

@@ -109,7 +109,7 @@ def rebuild_exception(pack: Any, trusted: bool, where: str) -> BaseException:
         pickled, name, message, tb = pack
         name, message, tb = str(name), str(message), str(tb)
     except (TypeError, ValueError):
-        return RemoteError("malformed error report %r" % (pack,), None)
+        return RemoteError("malformed error report (a %s)" % type(pack).__name__, None)
     cause = RemoteTraceback('\n"""\non %s\n%s"""' % (where, tb.rstrip("\n") + "\n"))
     exc: BaseException | None = None
     if trusted and isinstance(pickled, bytes):
@@ -131,6 +131,12 @@ def rebuild_exception(pack: Any, trusted: bool, where: str) -> BaseException:
     exc.__cause__ = cause
     if hasattr(exc, "add_note"):
         exc.add_note("raised on %s" % where)
+    if isinstance(exc, (StopIteration, StopAsyncIteration)):
+        # raised from next() on the master it would end the caller's loop as if the results
+        # had run out: wrap it as PEP 479 does for generators
+        wrapped = RuntimeError("the task raised %s on %s" % (type(exc).__name__, where))
+        wrapped.__cause__ = exc
+        return wrapped
     return exc
 
 

@@ -208,6 +208,27 @@ class Gateway(BaseGateway):
             raise GatewayStartError("xspec %r: the %s gateway %s is not running" % (str(spec), key, other.id))
         return other
 
+    def _await_started(self, what: str) -> None:
+        """Before ``what`` (a method's name): wait for a start still under way, or say why it cannot run.
+
+        A gateway is in its group from the moment its start begins (a pool's gateways, say),
+        so a caller may reach it before its worker process has said hello.
+        """
+        hello = self._hello
+        if hello is not None and "error" not in hello:
+            return
+        if not self._hello_event.wait(DEFAULT_START_TIMEOUT):
+            raise GatewayStartError(
+                "%s on gateway %s (%s): its worker process is still starting after %.0f s"
+                % (what, self.id, self.spec, DEFAULT_START_TIMEOUT)
+            )
+        hello = self._hello
+        if hello is None or "error" in hello:
+            raise GatewayStartError(
+                "%s on gateway %s (%s): its worker process did not start (the makegateway or Pool "
+                "call that started it says why)" % (what, self.id, self.spec)
+            )
+
     def _finish_start(self, timeout: float | None) -> None:
         """Wait for the worker's hello; on failure, clean up and raise GatewayStartError."""
         if self._exiting:
@@ -224,17 +245,7 @@ class Gateway(BaseGateway):
         if "error" in hello:
             self._kill_and_close()
             raise _startfail.spec_not_applied(self.id, self.spec, hello["error"])
-        self._info = RemoteInfo(
-            executable=hello["executable"],
-            version_info=tuple(hello["version_info"]),
-            implementation=hello["implementation"],
-            platform=hello["platform"],
-            machine=hello["machine"],
-            hostname=hello["hostname"],
-            cwd=hello["cwd"],
-            pid=hello["pid"],
-            cpu_count=hello["cpu_count"],
-        )
+        self._info = _remote_info(hello)
         _trace.trace("gateway", self.id, "started in %.1f ms" % (1000 * (self.startup_seconds or 0)), self._info)
 
     def _describe_command(self) -> str:
@@ -317,6 +328,7 @@ class Gateway(BaseGateway):
         traceback arrives as a :class:`RemoteError` on ``receive``/``waitclose``.
         """
         src, call_name, filename = prepare(source, kwargs, self.id)
+        self._await_started("remote_exec")
         payload = dumps((src, call_name, kwargs, filename), self._channel_id)
         ch = self.newchannel()
         try:
@@ -328,6 +340,7 @@ class Gateway(BaseGateway):
 
     def remote_status(self, timeout: float | None = 30.0) -> RemoteStatus:
         """Ask the worker process what it is doing (answered even while its code runs)."""
+        self._await_started("remote_status")
         ch = self.newchannel()
         self._send(STATUS, ch.id)
         d = ch.receive(timeout)
@@ -336,7 +349,9 @@ class Gateway(BaseGateway):
     def remote_info(self) -> RemoteInfo:
         """Executable, version, platform, start-up cwd, pid and CPU count of the worker process."""
         if self._info is None:
-            raise GatewayStartError("gateway %s has not started" % self.id)
+            self._await_started("remote_info")
+            assert self._hello is not None
+            self._info = _remote_info(self._hello)
         return self._info
 
     @property
@@ -426,4 +441,19 @@ def _valid_bytecode(value: Any) -> bool:
         and type(value[0]) is bytes
         and len(value[0]) == 4
         and type(value[1]) is bytes
+    )
+
+
+def _remote_info(hello: dict[str, Any]) -> RemoteInfo:
+    """What a worker process's hello says about it."""
+    return RemoteInfo(
+        executable=hello["executable"],
+        version_info=tuple(hello["version_info"]),
+        implementation=hello["implementation"],
+        platform=hello["platform"],
+        machine=hello["machine"],
+        hostname=hello["hostname"],
+        cwd=hello["cwd"],
+        pid=hello["pid"],
+        cpu_count=hello["cpu_count"],
     )

@@ -310,19 +310,7 @@ class Scheduler:
         if s.fault is not None:
             return  # its worker process is being ended for an earlier malformed message
         try:
-            msg = _msg.from_worker(raw)
-            if isinstance(msg, (_msg.Results, _msg.Begun)) and msg.cid not in s.inflight:
-                raise _msg.MalformedMessage(
-                    "%s message: field cid is %d, a chunk this pool worker does not hold"
-                    % (type(msg).__name__.lower(), msg.cid)
-                )
-            if isinstance(msg, _msg.Results):
-                for i, _ in msg.errors or ():
-                    chunk = s.inflight.get(msg.cid)
-                    if chunk is not None and not -1 <= i < len(chunk.indices):
-                        raise _msg.MalformedMessage("results message: field errors[].i is %d, out of range" % i)
-            elif not isinstance(msg, _msg.Begun):
-                raise _msg.MalformedMessage("a %s message after the pool worker was ready" % type(msg).__name__)
+            msg = _fitting_message(s, raw)
         except _msg.MalformedMessage as exc:
             self._condemn(s, "it sent a malformed message: %s" % exc)
             return
@@ -554,3 +542,24 @@ def _initializer_payload(
             "the initializer %s cannot be pickled: %s" % (_payload.describe_function(initializer), exc)
         ) from exc
     return payload, why is not None
+
+
+def _fitting_message(s: Slot, raw: Any) -> _msg.Results | _msg.Begun:
+    """``raw`` from the pool worker of ``s``, checked field by field and against what it was sent.
+
+    Raises :class:`~execpool._shipped.poolmsg.MalformedMessage` naming what does not fit.
+    """
+    msg = _msg.from_worker(raw)
+    if not isinstance(msg, (_msg.Results, _msg.Begun)):
+        raise _msg.MalformedMessage("a %s message after the pool worker was ready" % type(msg).__name__)
+    chunk = s.inflight.get(msg.cid)
+    if chunk is None:
+        raise _msg.MalformedMessage(
+            "%s message: field cid is %d, a chunk this pool worker does not hold"
+            % (type(msg).__name__.lower(), msg.cid)
+        )
+    if isinstance(msg, _msg.Results):
+        for i, _ in msg.errors or ():
+            if not -1 <= i < len(chunk.indices):
+                raise _msg.MalformedMessage("results message: field errors[].i is %d, out of range" % i)
+    return msg
