@@ -13,6 +13,7 @@ from execpool._pool.chunking import (
     CHUNK_SECONDS,
     PREFETCH_BELOW,
     PREFETCH_RTTS,
+    UNMEASURED_TASKS,
     WINDOW,
     chunk_size,
     next_bytes_per_task,
@@ -53,6 +54,17 @@ CHUNK_SIZES = [
     ),
     ("maxtasksperchild: the slot's budget caps the chunk", {"chunksize": 50, "budget": 3}, 3),
     ("a spent budget still gives one task", {"chunksize": 50, "budget": 0}, 1),
+    (
+        "a known function with arguments not yet measured: a probe chunk",
+        {"per_task": 1e-6, "sizes_unmeasured": True},
+        UNMEASURED_TASKS,
+    ),
+    (
+        "measured sizes lift the probe cap",
+        {"per_task": 1e-5, "sizes_unmeasured": True, "bytes_per_task": 10.0},
+        int(CHUNK_SECONDS / 1e-5),
+    ),
+    ("the probe cap leaves a caller's chunksize alone", {"chunksize": 50, "sizes_unmeasured": True}, 50),
     ("no ready slot counted as one", {"per_task": 1e-5, "remaining": 400, "slots": 0}, 200),
 ]
 

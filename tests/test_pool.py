@@ -647,3 +647,24 @@ def test_a_call_on_a_gateway_whose_start_failed_says_so() -> None:
     for call in (lambda: gw.remote_exec("pass"), gw.remote_info, gw.remote_status):
         with pytest.raises(execpool.GatewayStartError, match=r"gw-bad .*its worker process did not start"):
             call()
+
+
+def test_big_arguments_after_tiny_ones_of_the_same_function_travel_in_small_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the function's time per task carries over from the first map; its arguments' size must not
+    from execpool import _payload
+
+    sizes: list[int] = []
+    real = _payload.dumps_items
+
+    def recording(items: list[Any]) -> Any:
+        sizes.append(len(items))
+        return real(items)
+
+    with execpool.Pool(2) as p:
+        assert p.map(len, [b"x"] * 20000) == [1] * 20000
+        monkeypatch.setattr(_payload, "dumps_items", recording)
+        big = [bytes([i]) * (1 << 20) for i in range(40)]  # distinct: pickle would share one object
+        assert p.map(len, big) == [1 << 20] * 40
+    assert sizes and max(sizes) <= 8, sizes

@@ -1,7 +1,8 @@
 """Chunk sizing: pure functions of what the scheduler measured (no state, no I/O).
 
 Without a ``chunksize`` the first chunk of a job is one task (unless an
-earlier job of the same function says how long its tasks take); then the
+earlier job of the same function says how long its tasks take, and then
+at most ``UNMEASURED_TASKS`` until this job's own arguments were measured); then the
 size follows the measured time per task (a chunk should take
 ``CHUNK_SECONDS`` or four round trips, whichever is longer) and shrinks
 towards the end of a job of known length, down to ``CHUNK_FLOOR`` seconds of
@@ -22,6 +23,9 @@ CHUNK_SECONDS = 0.05
 CHUNK_FLOOR = 0.002
 #: Bytes of pickled arguments an automatic chunk aims to stay under.
 CHUNK_BYTES = 4 * 1024 * 1024
+#: The most tasks an automatic chunk gets while its job's argument sizes are not yet measured
+#: (its function's time per task may be known from an earlier job; its arguments' size is not).
+UNMEASURED_TASKS = 8
 #: A busy slot is sent its next chunk ahead of time when the running one is expected to take
 #: less than this many seconds, or less than PREFETCH_RTTS round trips to its pool worker.
 PREFETCH_BELOW = 0.005
@@ -39,6 +43,7 @@ def chunk_size(
     read_ahead: int | None = None,
     budget: int | None = None,
     one_at_a_time: bool = False,
+    sizes_unmeasured: bool = False,
 ) -> int:
     """How many tasks the next chunk of a job gets.
 
@@ -48,7 +53,9 @@ def chunk_size(
     caller's fixed size; ``bytes_per_task``: pickled argument bytes per task;
     ``read_ahead``: an imap's bound on tasks ahead of its consumer; ``budget``:
     tasks the slot may still take (``maxtasksperchild``); ``one_at_a_time``:
-    tasks have a ``timeout`` and travel alone.
+    tasks have a ``timeout`` and travel alone; ``sizes_unmeasured``: no chunk of
+    this job was pickled yet, so its arguments' size is unknown (the time per task
+    may come from an earlier job of the function: its arguments may have been tiny).
     """
     if one_at_a_time:
         return 1
@@ -67,6 +74,8 @@ def chunk_size(
             n = min(n, max(floor, math.ceil(remaining / (2 * max(1, slots)))))
         if bytes_per_task > 0:
             n = min(n, max(1, int(CHUNK_BYTES / bytes_per_task)))
+        elif sizes_unmeasured:
+            n = min(n, UNMEASURED_TASKS)
         if read_ahead is not None:  # an imap: stay well inside its read-ahead bound
             n = min(n, max(1, read_ahead // (2 * WINDOW * max(1, slots))))
     if budget is not None:

@@ -42,15 +42,16 @@ class Dispatcher:
         self.retry: collections.deque[Chunk] = collections.deque()
         self.cids: Iterator[int] = itertools.count(1)
         self.needs_mine: set[Job] = set()  # jobs that only a slot of the master's Python can run
-        # function -> (seconds per task, pickled bytes per task) from its last job
-        self.task_times: dict[str, tuple[float, float]] = {}
+        # function -> seconds per task in its last job (not its arguments' size: the next job's
+        # arguments are measured afresh, so big ones after tiny ones do not make huge chunks)
+        self.task_times: dict[str, float] = {}
 
     # -- jobs ---------------------------------------------------------------------------------
 
     def admit(self, job: Job) -> None:
         prior = self.task_times.get(job.describe())
         if prior is not None:
-            job.prior, job.bytes_per_item = prior
+            job.prior = prior
         self.jobs.append(job)
         if job.by_value:
             self.needs_mine.add(job)
@@ -60,7 +61,7 @@ class Dispatcher:
         key = job.describe()
         if key not in self.task_times and len(self.task_times) >= TIMES_KEPT:
             self.task_times.pop(next(iter(self.task_times)))
-        self.task_times[key] = (job.busy / job.measured, job.bytes_per_item)
+        self.task_times[key] = job.busy / job.measured
 
     def end_job(self, job: Job) -> None:
         job.end()
@@ -216,6 +217,7 @@ class Dispatcher:
                 read_ahead=job.limit,
                 budget=None if self.maxtasks is None else self.maxtasks - slot.dispatched,
                 one_at_a_time=self.timeout is not None,
+                sizes_unmeasured=job.bytes_per_item == 0.0,
             )
             if job.limit is not None:
                 n = min(n, job.limit - job.outstanding())
