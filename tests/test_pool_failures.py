@@ -559,3 +559,51 @@ def test_a_malformed_message_from_a_pool_worker_fails_that_worker_not_the_pool(
     err = capfd.readouterr().err
     assert "malformed message" in err and "ending its worker process" in err, err
     assert "scheduler failed" not in err, err
+
+
+# -- messages over the frame cap -----------------------------------------------------------------
+
+
+def test_an_argument_over_the_frame_cap_fails_its_task_alone(cleanup: list[execpool.Pool]) -> None:
+    pool = execpool.Pool(["popen//max_frame=1M"] * 2)
+    cleanup.append(pool)
+    items = [b"a", bytes(3 << 20), b"bc"]
+    with pytest.raises(
+        ValueError, match=r"arguments of task #1 of len pickle to \d+ bytes, over the frame cap"
+    ) as info:
+        pool.map(len, items)
+    assert "max_frame=" in str(info.value) and "EXECPOOL_MAX_FRAME_SIZE" in str(info.value)
+    assert "rsync=" in str(info.value)
+    got: list[object] = []
+    it = pool.imap(len, items)
+    for _ in range(3):
+        try:
+            got.append(next(it))
+        except ValueError:
+            got.append("too big")
+    assert got == [1, "too big", 2]
+    assert pool.map(len, [b"ok"] * 50) == [2] * 50  # the pool goes on, with the same workers
+    assert sum(s.restarts for s in pool.stats()) == 0
+
+
+def test_a_result_over_the_frame_cap_fails_its_task_alone(cleanup: list[execpool.Pool]) -> None:
+    pool = execpool.Pool(["popen//max_frame=1M"] * 2, trust_workers=False)
+    cleanup.append(pool)
+    it = pool.imap(bytes, [1, 3 << 20, 2], chunksize=3)
+    assert next(it) == b"\0"
+    with pytest.raises(ValueError, match=r"the task's result pickles to \d+ bytes, over the frame cap"):
+        next(it)
+    assert next(it) == b"\0\0"
+    with pytest.raises(ValueError, match=r"chunk \(3 tasks\) pickle to \d+ bytes together"):
+        pool.map(bytes, [400_000] * 3, chunksize=3)
+    assert pool.map(len, [b"ok"] * 50) == [2] * 50
+    assert sum(s.restarts for s in pool.stats()) == 0
+
+
+def test_a_function_over_the_frame_cap_fails_its_call(cleanup: list[execpool.Pool]) -> None:
+    pool = execpool.Pool(["popen//max_frame=1M"])
+    cleanup.append(pool)
+    ballast = bytes(3 << 20)
+    with pytest.raises(ValueError, match=r"the function of .* pickle to \d+ bytes, over the frame cap"):
+        pool.map(lambda x: x + len(ballast), range(3))
+    assert pool.map(len, [b"ok"] * 5) == [2] * 5

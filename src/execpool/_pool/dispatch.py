@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _payload
 from .._shipped import poolmsg as _msg
-from .._shipped.errors import ExecpoolError
+from .._shipped.errors import DumpError, ExecpoolError
 from . import chunking
 from .jobs import Chunk, Job
 from .slots import Slot, SlotTable
@@ -280,5 +280,37 @@ class Dispatcher:
                 slot.stats.bytes_sent += len(job.fpayload)
             ch.send((_msg.TASKS, chunk.cid, job.fid, job.mode, chunk.payload))
             slot.stats.bytes_sent += len(chunk.payload)
+        except DumpError:  # over the frame cap: nothing was written
+            self._unsend(slot, chunk)
+            self._oversized(slot, chunk)
         except OSError:
             pass  # the worker process is gone: its Lost event puts back what it held
+
+    def _unsend(self, slot: Slot, chunk: Chunk) -> None:
+        """Take back the bookkeeping of a chunk that could not be sent to ``slot``."""
+        del slot.inflight[chunk.cid]
+        slot.dispatched -= len(chunk.indices)
+        if slot.current == chunk.cid:
+            slot.current = None
+            slot.deadline = None
+
+    def _oversized(self, slot: Slot, chunk: Chunk) -> None:
+        """A chunk whose message is over the frame cap: split it, or fail its one task (or the job's function)."""
+        job = chunk.job
+        if len(chunk.indices) > 1 and job.fid in slot.funcs:
+            # one task may be the large one: send them one by one, so only that one fails
+            singles = [
+                Chunk(next(self.cids), job, range(i, i + 1), [item], chunk.attempts)
+                for i, item in zip(chunk.indices, chunk.items, strict=True)
+            ]
+            self.retry.extendleft(reversed(singles))
+            return
+        what = "the function" if job.fid not in slot.funcs else "the arguments of task #%d" % chunk.indices[0]
+        size = len(job.fpayload) if job.fid not in slot.funcs else len(chunk.payload or b"")
+        err = ValueError(
+            "%s of %s pickle to %d bytes, over the frame cap of %d bytes of %s: raise the cap with max_frame= "
+            "in the pool's specs or EXECPOOL_MAX_FRAME_SIZE, or better, send a path the pool workers can read "
+            "(a shared directory, or rsync= to sync it once per host) instead of the data"
+            % (what, job.describe(), size, slot.gw._max_frame if slot.gw is not None else 0, slot.where())
+        )
+        self.fail_chunk(chunk, err)

@@ -108,6 +108,10 @@ def pack_exception(exc: BaseException, trusted: bool) -> Tuple[Optional[bytes], 
     return (pickled, name, message, tb)
 
 
+#: Bytes of a results message's frame left for what wraps the pickled results (the errors, the ids).
+FRAME_MARGIN = 64 * 1024
+
+
 class Worker:
     """State of one pool worker: loaded functions and the channel to the master."""
 
@@ -178,6 +182,47 @@ class Worker:
         errors.sort()
         return self.dump_results(results), errors
 
+    def shrink(
+        self, results: List[Any], errors: Optional[List[Any]], size: int, limit: int
+    ) -> Tuple[bytes, Optional[List[Any]]]:
+        """Results that pickle to ``size`` bytes, over ``limit``: make those that cannot fit errors.
+
+        A result too large on its own fails its task; if the rest still does not fit, the
+        chunk's other tasks fail too (their results together are too large for one message).
+        """
+        errors = list(errors or ())
+        failed = {i for i, _ in errors}
+        advice = (
+            "raise the frame cap with max_frame= in the pool's specs or EXECPOOL_MAX_FRAME_SIZE, or "
+            "better, have the task write its output to a path the master can read and return the path"
+        )
+        for i, value in enumerate(results):
+            if i in failed:
+                continue
+            own = len(self.dump_results(value))
+            if own > limit:
+                err = ValueError(
+                    "the task's result pickles to %d bytes, over the frame cap of %d bytes: %s"
+                    % (own, limit + FRAME_MARGIN, advice)
+                )
+                errors.append((i, pack_exception(err, self.trusted)))
+                failed.add(i)
+                results[i] = None
+        data = self.dump_results(results)
+        if len(data) > limit:
+            err = ValueError(
+                "the results of the task's chunk (%d tasks) pickle to %d bytes together, over the frame cap "
+                "of %d bytes: pass a smaller chunksize=, or %s"
+                % (len(results), len(data), limit + FRAME_MARGIN, advice)
+            )
+            for i in range(len(results)):
+                if i not in failed:
+                    errors.append((i, pack_exception(err, self.trusted)))
+                    results[i] = None
+            data = self.dump_results(results)
+        errors.sort()
+        return data, errors
+
     def serve(self) -> None:
         channel = self.channel
         receive = channel.receive
@@ -192,6 +237,9 @@ class Worker:
                 t0 = time.perf_counter()
                 results, errors = self.run_chunk(fid, mode, payload)
                 data, errors = self.encode(results, errors)
+                limit = getattr(channel.gateway, "_max_frame", 0) - FRAME_MARGIN
+                if len(data) > limit > 0:
+                    data, errors = self.shrink(results, errors, len(data), limit)
                 send((_msg.RESULTS, cid, data, time.perf_counter() - t0, errors))
             elif kind == _msg.FUNCTION:
                 _, fid, payload = msg
