@@ -35,6 +35,13 @@ def _size(n: int) -> str:
     return "%d B" % n if n < 10_000 else "%.0f kB" % (n / 1000)
 
 
+def _wait_for_workers(pool: Pool, timeout: float = 60.0) -> None:
+    """Until every pool worker is ready or has failed to start (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(s.state == "starting" for s in pool.stats()):
+        time.sleep(0.01)
+
+
 def run(specs: Sequence[str], local: bool, tasks: int, progress: bool = True) -> int:
     specs = list(specs)
     if local or not specs:
@@ -54,6 +61,7 @@ def run(specs: Sequence[str], local: bool, tasks: int, progress: bool = True) ->
     t0 = time.perf_counter()
     try:
         with Pool(specs, progress=progress) as pool:
+            _wait_for_workers(pool)  # the point is one map over every interpreter at once
             results = pool.starmap(hashlib.pbkdf2_hmac, args, chunksize=1)
             stats = pool.stats()
     except (ExecpoolError, ValueError, OSError) as exc:

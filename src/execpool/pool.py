@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._pool import Job, PoolTerminated, Scheduler, WorkerStats
+from ._pool.jobs import WeakSink
 from ._shipped.poolmsg import MODE_APPLY, MODE_MAP, MODE_STAR
 from .group import Group
 
@@ -158,7 +159,12 @@ class IMapIterator:
         blocking_interrupt: Callable[[], None],
     ) -> None:
         total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-        self.job = Job(func, iter(items), total, mode, chunksize, self, limit=IMAP_AHEAD)
+        # The job holds this iterator weakly: one the caller drops ends the job (the rest of
+        # its input is not run), instead of results piling up for no one.
+        weak = WeakSink(self)
+        self.job = Job(func, iter(items), total, mode, chunksize, weak, limit=IMAP_AHEAD)
+        job = self.job
+        weak.gone = lambda: sched.abandoned(job)
         self._sched = sched
         self._ordered = ordered
         self._cond = threading.Condition()
@@ -457,7 +463,7 @@ class Pool:
 
     def __exit__(self, etype: Any, value: Any, tb: Any) -> None:
         if etype is None:
-            self.close()
+            self._sched.close(cut_streams=True)
             self.join()
         else:
             self.terminate()

@@ -109,6 +109,27 @@ class Dispatcher:
             errs[i] = _payload.rebuild_exception(pack, trusted, "%s, task #%s" % (where, chunk.indices[i]))
         return values, errs
 
+    def settle_streams(self, cut: bool) -> None:
+        """What becomes of the streams (imap jobs) once the pool is closing.
+
+        A stream over an input of known length runs to its end without waiting for its
+        consumer (as in multiprocessing; its results are bounded by that length).  One over an
+        input of unknown length stays throttled, at most ``limit`` tasks ahead of its consumer;
+        with ``cut`` (leaving the pool's ``with`` block) the rest of its input is not run: the
+        tasks already pulled finish, then its iterator raises an error that says so.
+        """
+        for job in self.jobs:
+            if job.limit is None or job.ended:
+                continue
+            if job.total is not None:
+                job.limit = None
+            elif cut and job.wants_input():
+                job.cut(
+                    "the pool was closed by leaving its with block: the rest of the input of this imap of %s "
+                    "(of unknown length) was not run; consume the iterator inside the block to get all of it"
+                    % job.describe()
+                )
+
     def put_back(self, chunks: list[Chunk]) -> None:
         """Chunks to run again, first (their payload is made again)."""
         for c in reversed(chunks):

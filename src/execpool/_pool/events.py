@@ -3,7 +3,8 @@
 Starter threads post :class:`Ready` and :class:`StartFailed`; channel callbacks
 (the gateways' reader threads) post :class:`Message` and :class:`Lost`;
 caller threads post :class:`Submitted` and :class:`Wake`; stream consumers post
-:class:`Consumed`; timers post :class:`RetrySlot`.  Only the scheduler thread
+:class:`Consumed`, and whichever thread drops a stream's last reference posts
+:class:`Abandoned`; timers post :class:`RetrySlot`.  Only the scheduler thread
 takes them off the queue.
 """
 
@@ -68,6 +69,13 @@ class Lost:
 
 
 @dataclasses.dataclass(frozen=True)
+class Abandoned:
+    """Nothing refers to a stream's result iterator any more: the rest of its input is not run."""
+
+    job: Job
+
+
+@dataclasses.dataclass(frozen=True)
 class RetrySlot:
     """Time to try a failed slot's host again."""
 
@@ -79,4 +87,4 @@ class Wake:
     """Look again (the pool's state changed, a host finished expanding)."""
 
 
-Event = Submitted | Consumed | Ready | StartFailed | Message | Lost | RetrySlot | Wake
+Event = Submitted | Consumed | Abandoned | Ready | StartFailed | Message | Lost | RetrySlot | Wake

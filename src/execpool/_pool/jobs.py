@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -44,6 +45,32 @@ class Sink(Protocol):
     def fail(self, exc: BaseException) -> None: ...
 
     def finish(self) -> None: ...
+
+
+class WeakSink:
+    """A sink the job does not keep alive: a stream's result iterator, which the caller may drop.
+
+    Once the iterator is gone, ``gone()`` is called (in whichever thread dropped it) and every
+    delivery answers "no more results wanted".
+    """
+
+    def __init__(self, target: Sink) -> None:
+        self._ref = weakref.ref(target, lambda _ref: self.gone())
+        self.gone: Callable[[], None] = lambda: None
+
+    def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> bool:
+        target = self._ref()
+        return target is not None and target.deliver(indices, values, errors)
+
+    def fail(self, exc: BaseException) -> None:
+        target = self._ref()
+        if target is not None:
+            target.fail(exc)
+
+    def finish(self) -> None:
+        target = self._ref()
+        if target is not None:
+            target.finish()
 
 
 class ProgressSink:
@@ -115,6 +142,7 @@ class Job:
         self.bytes_per_item = 0.0
         self._described: str | None = None
         self.prior: float | None = None  # seconds per task of earlier jobs of the same function
+        self.cut_reason: str | None = None  # why the rest of the input was not run (see cut())
 
     def describe(self) -> str:
         """``name (file:line)`` of the job's function: its key for task times, and for messages."""
@@ -178,6 +206,18 @@ class Job:
         if not more and not self.ended:
             self._advance(Trigger.STOP)
 
+    def stop(self) -> None:
+        """Take no more input and no more results (its sinks are gone); :meth:`end` follows."""
+        if not self.ended:
+            self._advance(Trigger.STOP)
+
+    def cut(self, reason: str) -> None:
+        """Run no more of the input: the tasks already pulled finish and are delivered, then the
+        sinks are failed with ``reason`` (so a consumer sees where its results stop, and why)."""
+        if self.state is JobState.OPEN:
+            self._advance(Trigger.INPUT_END)
+            self.cut_reason = reason
+
     def fail(self, exc: BaseException) -> None:
         """The job as a whole fails with ``exc`` (its sinks are told; :meth:`end` follows)."""
         self._advance(Trigger.STOP)
@@ -188,8 +228,11 @@ class Job:
         """Tell the sinks the job is over (once; later calls do nothing)."""
         if self.state is JobState.ENDED:
             return
+        cut = self.state is JobState.EXHAUSTED and self.cut_reason is not None
         self._advance(Trigger.END)
         for sink in self.sinks:
+            if cut:
+                sink.fail(ExecpoolError(self.cut_reason or ""))
             try:
                 sink.finish()
             except Exception:

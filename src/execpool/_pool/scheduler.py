@@ -55,7 +55,7 @@ from ..group import Group
 from . import slots as _slots
 from .chunking import next_rtt
 from .dispatch import FUNCTIONS_KEPT, Dispatcher
-from .events import Consumed, Event, Lost, Message, Ready, RetrySlot, StartFailed, Submitted, Wake
+from .events import Abandoned, Consumed, Event, Lost, Message, Ready, RetrySlot, StartFailed, Submitted, Wake
 from .hostsync import HostSync
 from .jobs import Chunk, Job, PoolTerminated, ProgressSink, charge_loss
 from .slots import Slot, SlotTable, StartSettings, WorkerStats
@@ -88,6 +88,7 @@ class Scheduler:
         self.fid_of: dict[bytes, int] = {}  # pickled function -> its id (jobs of one function share it)
         self.next_fid = 0
         self.state = "running"  # -> closing -> closed | terminated
+        self.cut_streams = False  # closing cuts the input of unbounded streams (leaving a with block)
         self.errors: list[str] = []
         self.broken: BaseException | None = None  # set when no slot is left: every job fails with it
         self.finished = threading.Event()
@@ -154,7 +155,14 @@ class Scheduler:
     def wake(self) -> None:
         self.events.put(Wake())
 
-    def close(self) -> None:
+    def abandoned(self, job: Job) -> None:
+        """A stream's result iterator is gone (any thread): its job ends."""
+        self.events.put(Abandoned(job))
+
+    def close(self, cut_streams: bool = False) -> None:
+        """Accept no more jobs; with ``cut_streams``, the input of unbounded streams is cut too."""
+        if cut_streams:
+            self.cut_streams = True
         if self.state == "running":
             self.state = "closing"
         self.events.put(Wake())
@@ -199,8 +207,7 @@ class Scheduler:
                     self.slots.mark_ended()
                     break
                 if self.state == "closing":
-                    for job in self.queue.jobs:  # no new work can come: an unread imap runs to its end,
-                        job.limit = None  # as in multiprocessing (its results wait in memory)
+                    self.queue.settle_streams(self.cut_streams)
                 if self._accepting():
                     self.queue.dispatch()
                 if self.state == "closing" and self.queue.idle():
@@ -252,6 +259,8 @@ class Scheduler:
             self._on_ready(ev.slot, ev.info)
         elif isinstance(ev, StartFailed):
             self._on_startfail(ev.slot, ev.error, ev.counted)
+        elif isinstance(ev, Abandoned):
+            ev.job.stop()
         elif isinstance(ev, RetrySlot):
             if ev.slot.state is SlotState.FAILED and self._wants_slots():
                 _trace.trace("pool worker", ev.slot.stats.id, "trying its host again")
