@@ -159,3 +159,67 @@ def test_ending_workers_while_they_start_prints_no_swallowed_interrupt(tmp_path:
     )
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
     assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+# -- what the worker's code started ---------------------------------------------------------------
+
+_LINGER = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=%s)
+channel.send(child.pid)
+"""
+
+
+def test_processes_the_worker_started_end_with_it_and_do_not_delay_its_exit() -> None:
+    import time
+
+    import execpool
+
+    group = execpool.Group()
+    try:
+        gw = group.makegateway("popen")
+        lingering = gw.remote_exec(_LINGER % "False").receive(30)  # it holds the worker's stderr too
+        t = time.monotonic()
+        gw.exit()
+        took = time.monotonic() - t
+        assert wait_until(lambda: process_gone(lingering), 10), "the task's child outlived its worker process"
+        assert took < 1.5, took  # nothing waited for the pipes the child held (a hang guard)
+    finally:
+        group.terminate(timeout=5)
+
+
+def test_a_daemon_in_a_session_of_its_own_is_left_running() -> None:
+    import execpool
+
+    group = execpool.Group()
+    try:
+        gw = group.makegateway("popen")
+        daemon = gw.remote_exec(_LINGER % "True").receive(30)
+        gw.exit()
+        assert not process_gone(daemon), "a process that left the worker's session is not the worker's to end"
+    finally:
+        group.terminate(timeout=5)
+        os.kill(daemon, signal.SIGKILL)
+
+
+def test_a_pool_leaves_nothing_its_tasks_started(tmp_path: Path) -> None:
+    proc = run_master_script(
+        """
+        import os, subprocess, sys, time
+        import execpool
+
+        def spawn(x):
+            return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]).pid
+
+        if __name__ == "__main__":
+            with execpool.Pool(2) as pool:
+                pids = pool.map(spawn, range(4), chunksize=1)
+                t = time.monotonic()
+            print(time.monotonic() - t, *pids)
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    took, *pids = proc.stdout.split()
+    assert float(took) < 5, proc.stdout
+    assert wait_until(lambda: all(process_gone(int(p)) for p in pids), 10), proc.stdout

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -190,26 +191,44 @@ class PopenTransport(StderrRelay):
         return self.proc.poll() if self.proc else None
 
     def wait(self, timeout: float | None) -> int | None:
-        """Wait for the process to exit; return its status, or None on timeout."""
-        if self.proc is None:
+        """Wait for the process to exit; return its status, or None on timeout.
+
+        Once the worker process has exited, what is left of its process group (processes its
+        code started and left behind) is killed before the worker is reaped: until then its pid,
+        and so the group's id, cannot belong to anyone else.
+        """
+        proc = self.proc
+        if proc is None:
             return None
+        if proc.returncode is None:
+            if not _exited(proc.pid, timeout):
+                return None
+            self._kill_group()
         try:
-            return self.proc.wait(timeout)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
 
     def kill(self) -> None:
         """SIGKILL the worker and everything in its process group."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None or self.proc.returncode is not None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+        if not self._kill_group():
             try:
                 self.proc.kill()
             except ProcessLookupError:
                 pass
         _trace.trace("killed", self.gateway_id, "pid", self.proc.pid)
+
+    def _kill_group(self) -> bool:
+        """SIGKILL the worker's process group (it leads one: ``start_new_session``), if it is not reaped."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False  # reaped: its pid, and the group's id, may be someone else's by now
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
 
 def _write_stderr(text: str) -> None:
@@ -230,3 +249,19 @@ def describe_status(status: int | None) -> str:
         except ValueError:
             return "killed by signal %d" % -status
     return "exit status %d" % status
+
+
+def _exited(pid: int, timeout: float | None) -> bool:
+    """Whether the child ``pid`` exits within ``timeout`` seconds (None: wait), without reaping it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True  # reaped already (by another thread's wait)
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.02)

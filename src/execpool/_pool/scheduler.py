@@ -102,9 +102,9 @@ class Scheduler:
         self.lock = self.slots.lock
         self.queue = Dispatcher(self.slots, timeout, maxtasksperchild, self.master_python)
         self.thread = threading.Thread(target=self._run, name="execpool-pool-scheduler", daemon=True)
-        self.thread.start()
-        for entry, count in entries:
+        for entry, count in entries:  # every slot counts as starting before the first event is seen
             self.slots.expand(entry, count)
+        self.thread.start()
 
     def _accepting(self) -> bool:
         return self.state in ("running", "closing")
@@ -138,16 +138,7 @@ class Scheduler:
 
     def add_rsync(self, path: str) -> None:
         """Sync one more directory to every host of the pool now; later pool workers get it at start."""
-        p = self.hostsync.add(path)
-        for s in list(self.slots.slots):
-            gw, ch = s.gw, s.ch
-            if s.state is not SlotState.READY or gw is None or ch is None:
-                continue
-            dirs, _ = self.hostsync.prepare(gw, [p])
-            try:
-                ch.send((_msg.ADD_PATH, dirs))
-            except OSError:
-                pass  # the worker process died; its replacement syncs at start
+        self.slots.sync_directory(path)
 
     def consumed(self, job: Job) -> None:
         self.events.put(Consumed(job))

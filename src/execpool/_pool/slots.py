@@ -383,6 +383,20 @@ class SlotTable:
                 if slot.stats.state in ("starting", "ready", "dead"):
                     slot.stats.state = "ended"
 
+    def sync_directory(self, path: str) -> None:
+        """Sync one more directory to every host now and put it on the ready pool workers' path;
+        pool workers started later get it at start."""
+        p = self.hostsync.add(path)
+        for s in list(self.slots):
+            gw, ch = s.gw, s.ch
+            if s.state is not SlotState.READY or gw is None or ch is None:
+                continue
+            dirs, _ = self.hostsync.prepare(gw, [p])
+            try:
+                ch.send((_msg.ADD_PATH, dirs))
+            except OSError:
+                pass  # the worker process died; its replacement syncs at start
+
     def ready(self) -> list[Slot]:
         """The slots that take work: ready, and not being ended for a malformed message."""
         return [s for s in self.slots if s.state is SlotState.READY and s.fault is None]
