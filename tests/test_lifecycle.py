@@ -223,3 +223,35 @@ def test_a_pool_leaves_nothing_its_tasks_started(tmp_path: Path) -> None:
     took, *pids = proc.stdout.split()
     assert float(took) < 5, proc.stdout
     assert wait_until(lambda: all(process_gone(int(p)) for p in pids), 10), proc.stdout
+
+
+def test_terminate_from_a_finalizer_at_exit_returns_and_ends_the_workers(tmp_path: Path) -> None:
+    proc = run_master_script(
+        """
+        import execpool
+
+        class Holder:  # what a wrapper (a joblib backend, say) does
+            def __init__(self):
+                self.pool = execpool.Pool(2)
+
+            def __del__(self):
+                self.pool.terminate()
+
+        holder = Holder()
+        print(*holder.pool.map(abs, [-1, -2]), *(gw.remote_info().pid for gw in holder.pool.group))
+        """,
+        tmp_path,
+        timeout=30,  # a hang guard: this hung forever
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    one, two, *pids = proc.stdout.split()
+    assert (one, two) == ("1", "2")
+    assert wait_until(lambda: all(process_gone(int(p)) for p in pids), 10)
+
+
+def test_a_program_that_ends_with_its_pool_still_starting_prints_nothing(tmp_path: Path) -> None:
+    for _ in range(3):
+        proc = run_master_script("import execpool\npool = execpool.Pool(4)\n", tmp_path, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "", proc.stderr  # no "could not start" for starts the exit cut short

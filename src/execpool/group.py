@@ -247,7 +247,16 @@ def makegateway(spec: str | XSpec | None = None, *, start_timeout: float | None 
     return default_group.makegateway(spec, start_timeout=start_timeout)
 
 
+_ending_all = threading.Event()
+
+
+def ending_at_exit() -> bool:
+    """True once the interpreter's exit has begun ending every group (what fails then is no news)."""
+    return _ending_all.is_set()
+
+
 def _terminate_all() -> None:
+    _ending_all.set()
     for group in list(_groups):
         try:
             group.terminate(timeout=2.0)

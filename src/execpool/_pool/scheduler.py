@@ -51,7 +51,7 @@ from .. import _payload
 from .._shipped import poolmsg as _msg
 from .._shipped import trace as _trace
 from .._shipped.errors import GatewayStartError, HostUnreachable, TimeoutError, WorkerLost
-from ..group import Group
+from ..group import Group, ending_at_exit
 from . import slots as _slots
 from .chunking import next_rtt
 from .dispatch import FUNCTIONS_KEPT, Dispatcher
@@ -163,7 +163,11 @@ class Scheduler:
             return
         self.state = "terminated"
         self.events.put(Wake())
-        if threading.current_thread() is not self.thread:
+        if sys.is_finalizing():
+            # from a finalizer at interpreter exit: other threads no longer run, and the exit
+            # already ended every group (atexit); waiting for them would wait forever
+            return
+        if threading.current_thread() is not self.thread and self.thread.is_alive():
             self.finished.wait(30.0)
         self._terminate_group()
 
@@ -280,7 +284,7 @@ class Scheduler:
             s.stats.state = "failed"
             s.stats.error = "%s: %s" % (type(exc).__name__, exc)
         retry = s.replacing and isinstance(exc, HostUnreachable) and self._wants_slots()
-        if self._accepting():
+        if self._accepting() and not ending_at_exit():  # at exit, a start cut short is no news
             self.errors.append("%s (%s): %s" % (s.stats.id, s.stats.spec, s.stats.error))
             later = "; trying again in %g s" % _slots.SLOT_RETRY_SECONDS if retry else ""
             sys.stderr.write(
