@@ -56,7 +56,9 @@ def test_a_stream_kept_past_the_with_block_says_where_its_results_stop() -> None
         it = pool.imap(abs, itertools.count())
         first = next(it)
     got = [first]
-    with pytest.raises(execpool.ExecpoolError, match="leaving its with block: the rest of the input"):
+    with pytest.raises(
+        execpool.ExecpoolError, match=r"its with block ended, or Executor.shutdown\(\)\): the rest of the input"
+    ):
         while True:
             got.append(next(it))
     assert got == list(range(len(got)))  # every task pulled before the cut was delivered, in order
@@ -99,3 +101,15 @@ def pool_factory() -> Iterator[list[execpool.Pool]]:
     yield pools
     for p in pools:
         p.terminate()
+
+
+def test_an_executor_shut_down_with_an_endless_map_unread_returns() -> None:
+    ex = execpool.Executor(2)
+    results = ex.map(abs, itertools.count())
+    assert next(results) == 0
+    t = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - t < 30  # a hang guard: the unread endless map is cut
+    with pytest.raises(execpool.ExecpoolError, match="the rest of the input"):
+        for _ in results:
+            pass

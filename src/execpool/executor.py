@@ -119,13 +119,18 @@ class Executor(concurrent.futures.Executor):
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new work; ``cancel_futures`` cancels what has not started; ``wait`` waits for the rest."""
+        """No new work; ``cancel_futures`` cancels what has not started; ``wait`` waits for the rest.
+
+        A :meth:`map` over an input of unknown length is cut, as at the end of a pool's
+        ``with`` block: its tasks already read finish, then its iterator raises
+        :class:`~execpool.ExecpoolError` saying the rest was not run.
+        """
         with self._lock:
             self._shutdown = True
             pending = list(self._pending)
         if cancel_futures:
             for fut in pending:
                 fut.cancel()
-        self.pool.close()
+        self.pool._sched.close(cut_streams=True)
         if wait:
             self.pool.join()

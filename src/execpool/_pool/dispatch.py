@@ -125,8 +125,8 @@ class Dispatcher:
                 job.limit = None
             elif cut and job.wants_input():
                 job.cut(
-                    "the pool was closed by leaving its with block: the rest of the input of this imap of %s "
-                    "(of unknown length) was not run; consume the iterator inside the block to get all of it"
+                    "the pool was closed (its with block ended, or Executor.shutdown()): the rest of the input "
+                    "of this imap of %s (of unknown length) was not run; read the results before then to get all"
                     % job.describe()
                 )
 
