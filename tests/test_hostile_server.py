@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -243,3 +244,35 @@ def test_shutdown_signals_only_live_unreaped_children(monkeypatch: pytest.Monkey
     assert server.forked == {}
     assert not os.path.exists("/proc/%d" % live.pid)  # killed and reaped
     done.returncode = live.returncode = 0  # reaped by the server, not by Popen
+
+
+def _self_signed_pem(tmp_path: Path) -> Path:
+    """A certificate for 127.0.0.1 and its key in one PEM file, made with the openssl binary."""
+    if shutil.which("openssl") is None:
+        pytest.skip("TLS test needs the openssl binary to make a certificate, and there is none")
+    pem = tmp_path / "server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(pem), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    pem.write_text(pem.read_text() + (tmp_path / "cert.pem").read_text())
+    return pem
+
+
+@pytest.mark.timeout(60)
+def test_exit_of_a_tls_gateway_takes_under_a_second(
+    serve: Callable[..., Serve], group: execpool.Group, tmp_path: Path
+) -> None:
+    pem = _self_signed_pem(tmp_path)
+    s = serve("--tls-cert", str(pem))
+    gw = group.makegateway("%s//tls//tls_ca=%s" % (s.spec, pem))
+    pid = gw.remote_info().pid
+    assert _echo_works(gw.remote_exec("for x in channel: channel.send(x)"))
+    start = time.monotonic()
+    gw.exit()
+    took = time.monotonic() - start
+    assert took < 1.0, "gw.exit() of a TLS gateway took %.2f s" % took
+    assert wait_until(lambda: process_gone(pid), timeout=10)
+    assert s.proc.poll() is None

@@ -438,6 +438,15 @@ def _copy_to_socket(child: subprocess.Popen[bytes], conn: Any) -> None:
     except OSError:
         pass
     finally:
+        # The worker is gone: end the TCP connection.  close() alone does not while the other
+        # relay thread is blocked in recv() on it (the kernel keeps the socket until that call
+        # returns), so the client would wait for an end that never comes; shutdown() wakes that
+        # thread and sends the FIN (no TLS close_notify: it cannot be sent while the other
+        # thread reads, and the client takes the TCP end as the end).
+        try:
+            socket.socket.shutdown(conn, socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             conn.close()
         except OSError:
