@@ -163,13 +163,15 @@ class Server:
                     wait = min(wait, resume_at - now)
                 for key, _ in self._sel.select(max(0.0, wait)):
                     if key.data is None:
-                        if not self._accept_some():
-                            # out of file descriptors (or kernel memory): stop accepting for a
-                            # while; handshakes time out and free theirs, workers go on
+                        problem = self._accept_some()
+                        if problem is not None and not self._closed:
+                            # out of file descriptors or kernel memory (or another accept error):
+                            # stop accepting for a while, never die of it -- handshakes time
+                            # out and free their descriptors, workers go on
                             self._sel.unregister(self.sock)
                             listening = False
                             resume_at = time.monotonic() + backoff
-                            self._note("fds", "out of file descriptors; not accepting for %.2f s" % backoff)
+                            self._note("fds", "%s; not accepting for %.2f s" % (problem, backoff))
                             backoff = min(backoff * 2, 1.0)
                         else:
                             backoff = 0.05
@@ -186,19 +188,21 @@ class Server:
             self._sel.close()
             self.close()
 
-    def _accept_some(self) -> bool:
-        """Accept what is waiting; False when the process is out of file descriptors."""
+    def _accept_some(self) -> Optional[str]:
+        """Accept what is waiting; None, or why accepting must pause (out of file descriptors)."""
         for _ in range(64):
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                return True
+                return None
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return False
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue
-                raise
+                    continue  # that connection is gone already
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return "out of file descriptors (%s)" % errno.errorcode[exc.errno]
+                if self._closed:
+                    return None
+                return "accept failed (%s)" % exc
             ip = str(addr[0])
             if len(self._pending) >= self.max_pending or self._per_address.get(ip, 0) >= self.max_pending_per_address:
                 conn.close()
@@ -211,7 +215,7 @@ class Server:
                 )
                 continue
             self._start_handshake(conn, "%s:%d" % (ip, addr[1]), ip)
-        return True
+        return None
 
     def _note(self, what: str, text: str) -> None:
         """A log line about an attack-like condition, at most one a second for each kind."""
