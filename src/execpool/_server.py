@@ -11,9 +11,31 @@ from __future__ import annotations
 import os
 import sys
 
-from ._shipped.server import HANDSHAKE_TIMEOUT, MAC, MAGIC, NONCE, Server, client_mac, recv_exact, server_mac
+from ._shipped.server import (
+    HANDSHAKE_TIMEOUT,
+    MAC,
+    MAGIC,
+    MAX_PENDING,
+    MAX_PENDING_PER_ADDRESS,
+    NONCE,
+    Server,
+    client_mac,
+    recv_exact,
+    server_mac,
+)
 
-__all__ = ["HANDSHAKE_TIMEOUT", "MAC", "MAGIC", "NONCE", "TOKEN_ENV", "Server", "client_mac", "read_token"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "MAC",
+    "MAGIC",
+    "MAX_PENDING",
+    "MAX_PENDING_PER_ADDRESS",
+    "NONCE",
+    "TOKEN_ENV",
+    "Server",
+    "client_mac",
+    "read_token",
+]
 __all__ += ["recv_exact", "run", "server_mac"]
 
 TOKEN_ENV = "EXECPOOL_TOKEN"
@@ -45,6 +67,8 @@ def run(
     ready_file: str | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     fork: bool = False,
+    max_pending: int = MAX_PENDING,
+    max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
 ) -> int:
     """The ``execpool serve`` command."""
     try:
@@ -62,7 +86,18 @@ def run(
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
     try:
-        server = Server(token, bootstrap, host, port, python, tls, handshake_timeout=handshake_timeout, fork=fork)
+        server = Server(
+            token,
+            bootstrap,
+            host,
+            port,
+            python,
+            tls,
+            handshake_timeout=handshake_timeout,
+            fork=fork,
+            max_pending=max_pending,
+            max_pending_per_address=max_pending_per_address,
+        )
     except (OSError, ValueError) as exc:
         sys.stderr.write("execpool serve: %s\n" % exc)
         return 2

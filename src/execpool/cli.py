@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--handshake-timeout", type=float, default=10.0, help="seconds a client has to authenticate (default 10)"
     )
     serve.add_argument(
+        "--max-pending", type=int, default=64, help="unauthenticated connections at once; more are closed (default 64)"
+    )
+    serve.add_argument(
+        "--max-pending-per-address",
+        type=int,
+        default=8,
+        help="unauthenticated connections at once from one address (default 8)",
+    )
+    serve.add_argument(
         "--fork",
         action="store_true",
         help="fork this server for each client instead of starting an interpreter (faster; no TLS)",
@@ -181,6 +190,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.ready_file,
         args.handshake_timeout,
         args.fork,
+        args.max_pending,
+        args.max_pending_per_address,
     )
 
 
