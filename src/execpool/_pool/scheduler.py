@@ -163,9 +163,7 @@ class Scheduler:
             return
         self.state = "terminated"
         self.events.put(Wake())
-        if sys.is_finalizing():
-            # from a finalizer at interpreter exit: other threads no longer run, and the exit
-            # already ended every group (atexit); waiting for them would wait forever
+        if sys.is_finalizing():  # a finalizer at exit: threads no longer run, atexit ended the groups
             return
         if threading.current_thread() is not self.thread and self.thread.is_alive():
             self.finished.wait(30.0)
