@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,6 +145,26 @@ def test_links_planted_under_a_file_whose_mode_or_mtime_only_changes(
     assert r.problems == [] and tree(dest) == tree(src)
 
 
+def test_hard_links_and_fifos_planted_in_the_target_are_replaced_not_changed(
+    src: Path, tmp_path: Path, outside: Path, gw: execpool.Gateway
+) -> None:
+    """A hard link to an outside file where the sync changes a mode, an mtime or the content;
+    a FIFO where a file or a delta basis is (opening it would hang the receiver)."""
+    dest = tmp_path / "dest"
+    sync(src, gw, dest)
+    change_everything(src)
+    (dest / "a.txt").unlink()
+    os.link(outside / "secret", dest / "a.txt")  # mode changes
+    (dest / "pkg" / "b.txt").unlink()
+    os.link(outside / "dir" / "inner", dest / "pkg" / "b.txt")  # mtime changes
+    (dest / "big.bin").unlink()
+    os.mkfifo(dest / "big.bin")  # the delta basis
+    (dest / "pkg" / "sub" / "c.txt").unlink()
+    os.mkfifo(dest / "pkg" / "sub" / "c.txt")
+    r = sync(src, gw, dest)
+    assert r.problems == [] and tree(dest) == tree(src)
+
+
 def test_a_planted_link_at_a_temporary_name_is_never_written_through(
     src: Path, tmp_path: Path, outside: Path, gw: execpool.Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,45 +251,81 @@ def test_escaping_links_resolves_through_the_trees_other_links() -> None:
     assert escaping_links(entries({"x": "d/../y", "f": "x"})) == set()
 
 
+RACER = """
+import os, sys, time
+dest, outside, stop = sys.argv[1:4]
+n = swaps = 0
+while not os.path.exists(stop):
+    for rel, to in (("pkg", outside), ("pkg/sub", os.path.join(outside, "dir"))):
+        n += 1
+        here, moved = os.path.join(dest, rel), os.path.join(dest, "moved-%d" % n)
+        try:
+            os.rename(here, moved)
+            os.symlink(to, here)
+            time.sleep(0.0005)
+            os.unlink(here)
+            os.rename(moved, here)
+            swaps += 1
+        except OSError:
+            pass
+print(swaps)
+"""
+
+
+@pytest.mark.parametrize("racer", ["thread", "process"])
 def test_a_directory_swapped_for_a_link_while_syncs_run_lets_nothing_out(
-    src: Path, tmp_path: Path, outside: Path, gw: execpool.Gateway
+    src: Path, tmp_path: Path, outside: Path, gw: execpool.Gateway, racer: str
 ) -> None:
-    """Another user swaps pkg/ (and pkg/sub/) for links out of the target in a loop while
-    30 syncs run, each of which rewrites the files there."""
+    """Another user swaps pkg/ (and pkg/sub/) for links out of the target in a loop, from
+    a thread or a child process, while 30 syncs run, each of which rewrites the files there."""
     dest = tmp_path / "dest"
     sync(src, gw, dest)
-    stop = threading.Event()
-    swaps = [0]
-
-    def racer() -> None:
-        n = 0
-        while not stop.is_set():
-            for rel, to in (("pkg", outside), ("pkg/sub", outside / "dir")):
-                n += 1
-                try:
-                    os.rename(dest / rel, dest / ("moved-%d" % n))
-                    os.symlink(to, dest / rel)
-                    time.sleep(0.0005)
-                    os.unlink(dest / rel)
-                    os.rename(dest / ("moved-%d" % n), dest / rel)
-                    swaps[0] += 1
-                except OSError:
-                    pass
-
-    thread = threading.Thread(target=racer, daemon=True)
-    thread.start()
+    stopfile = tmp_path / "stop"
+    argv = [sys.executable, "-c", RACER, str(dest), str(outside), str(stopfile)]
+    if racer == "thread":
+        out: list[str] = []
+        thread = threading.Thread(target=lambda: out.append(_run_racer(argv)), daemon=True)
+        thread.start()
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    met = 0  # syncs that met a swapped-in link (and refused it there): reported, not asserted
     try:
         for i in range(30):
             for rel in ("a.txt", "pkg/b.txt", "pkg/sub/c.txt", "pkg/new-%d.txt" % i):
-                p = src / rel
-                p.write_text("round %d of %s\n" % (i, rel))
+                (src / rel).write_text("round %d of %s\n" % (i, rel))
+            os.utime(src / "pkg", ns=(OLD + i, OLD + i))  # the final chmod/utime of dirs too
             r = RSync(src, verbose=False)
             r.add_target(gw, dest)
             r.send(raises=False)
+            met += any("symlink" in p for p in r.problems)
     finally:
-        stop.set()
-        thread.join(10)
-    assert swaps[0] > 30  # the race really ran (the outside sentinel is checked by its fixture)
+        stopfile.write_text("")
+        if racer == "thread":
+            thread.join(20)
+            swaps = int(out[0]) if out else 0
+        else:
+            try:
+                swaps = int(proc.communicate(timeout=20)[0])
+            finally:
+                proc.kill()
+    assert swaps > 30  # the race really ran (the outside sentinel is checked by its fixture)
+    print("%s racer: 30 syncs, %d swaps, %d syncs met a link" % (racer, swaps, met))
+
+
+def _run_racer(argv: list[str]) -> str:
+    """The racer's loop in this process (a thread): the same script, exec'd here."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    saved = sys.argv
+    sys.argv = ["racer", *argv[3:]]
+    try:
+        with contextlib.redirect_stdout(buf):
+            exec(RACER, {})
+    finally:
+        sys.argv = saved
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize("length", [237, 250, 255])

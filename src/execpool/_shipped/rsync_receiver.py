@@ -322,6 +322,8 @@ class Receiver:
         dfd, name = self._where(rel)
         fd = _open_regular(name, dfd, writable=True)
         try:
+            if os.fstat(fd).st_nlink > 1:  # linked here since it was checked: maybe from outside
+                raise PathFailed("has other hard links at the target: not changed in place")
             os.fchmod(fd, stat.S_IMODE(mode))
             if mtime is not None:
                 os.utime(fd, ns=(mtime, mtime))
