@@ -12,7 +12,8 @@ Data flow of one :meth:`RSync.send`::
         signature of its old copy, its blocks found anywhere in the file as ("copy", i, n)),
         then mode and mtime; files that vanish or change while read are reported and
         left as they were at the target, never fatal
-    receivers: write to a temporary name, rename into place; report stats
+    receivers: write to a random temporary name, rename into place, all through directory
+        descriptors that never follow a link; report stats and the paths that failed
 
 Block deltas follow rsync's algorithm: the target describes its old copy in 32 KiB
 blocks (Adler-32 + BLAKE2b); the master finds those blocks anywhere in the new file by
@@ -57,8 +58,9 @@ class RSync:
     ``exclude`` takes gitignore-like patterns: ``"*.pyc"`` (a name anywhere),
     ``"build/"`` (a directory anywhere), ``"docs/*.tmp"`` (relative to the
     source).  Override :meth:`filter` for anything else.  Symlinks are sent as
-    links; an absolute link target, or one leading out of the source, is
-    refused unless ``links="keep"`` (send as is) or ``"skip"``.  ``compress=True``
+    links; one whose target, resolved in the tree as synced (through its other
+    links: ``esc -> d/..`` with ``d -> .``), can leave it is refused unless
+    ``links="keep"`` (send as is) or ``"skip"`` (leave out silently).  ``compress=True``
     sends file data zlib-compressed (for slow links); ``progress=True`` shows a
     tqdm progress bar of the bytes to send.
     """
