@@ -12,7 +12,8 @@ Data flow of one :meth:`RSync.send`::
         signature of its old copy, its blocks found anywhere in the file as ("copy", i, n)),
         then mode and mtime; files that vanish or change while read are reported and
         left as they were at the target, never fatal
-    receivers: write to a temporary name, rename into place; report stats
+    receivers: write to a random temporary name, rename into place, all through directory
+        descriptors that never follow a link; report stats and the paths that failed
 
 Block deltas follow rsync's algorithm: the target describes its old copy in 32 KiB
 blocks (Adler-32 + BLAKE2b); the master finds those blocks anywhere in the new file by
@@ -57,8 +58,9 @@ class RSync:
     ``exclude`` takes gitignore-like patterns: ``"*.pyc"`` (a name anywhere),
     ``"build/"`` (a directory anywhere), ``"docs/*.tmp"`` (relative to the
     source).  Override :meth:`filter` for anything else.  Symlinks are sent as
-    links; an absolute link target, or one leading out of the source, is
-    refused unless ``links="keep"`` (send as is) or ``"skip"``.  ``compress=True``
+    links; one whose target, resolved in the tree as synced (through its other
+    links: ``esc -> d/..`` with ``d -> .``), can leave it is refused unless
+    ``links="keep"`` (send as is) or ``"skip"`` (leave out silently).  ``compress=True``
     sends file data zlib-compressed (for slow links); ``progress=True`` shows a
     tqdm progress bar of the bytes to send.
     """
@@ -150,8 +152,6 @@ class RSync:
                     continue
                 if stat.S_ISLNK(st.st_mode):
                     link = os.readlink(full)
-                    if not self._link_ok(rel, link):
-                        continue
                     entries.append((rel, "l", 0, st.st_mtime_ns, 0, link))
                 elif is_dir:
                     entries.append((rel, "d", 0, st.st_mtime_ns, st.st_mode, None))
@@ -159,23 +159,24 @@ class RSync:
                     entries.append((rel, "f", st.st_size, st.st_mtime_ns, st.st_mode, None))
                 else:
                     self._problem("%s is not a file, directory or symlink; skipped" % rel)
-        return entries
+        return self._safe_links(entries)
 
-    def _link_ok(self, rel: str, link: str) -> bool:
+    def _safe_links(
+        self, entries: list[tuple[str, str, int, int, int, str | None]]
+    ) -> list[tuple[str, str, int, int, int, str | None]]:
+        """``entries`` without the links that ``links=`` refuses (all of them are kept with "keep")."""
         if self._links == "keep":
-            return True
-        inside = not os.path.isabs(link) and not os.path.normpath(os.path.join(os.path.dirname(rel), link)).startswith(
-            ".."
-        )
-        if inside:
-            return True
-        if self._links == "skip":
-            return False
-        self._problem(
-            "%s is a symlink to %s, outside the source: not sent (pass links='keep' to send it as is, "
-            "or links='skip' to skip such links silently)" % (rel, link)
-        )
-        return False
+            return entries
+        bad = escaping_links(entries)
+        if self._links == "safe":
+            for rel, _kind, _size, _mtime, _mode, link in entries:
+                if rel in bad:
+                    self._problem(
+                        "%s is a symlink to %s, which leads outside the source (resolved in the tree "
+                        "as synced, through its other links): not sent (pass links='keep' to send it as is, "
+                        "or links='skip' to skip such links silently)" % (rel, link)
+                    )
+        return [e for e in entries if e[0] not in bad]
 
     def _problem(self, text: str) -> None:
         self.problems.append(text)
@@ -187,8 +188,9 @@ class RSync:
     def send(self, raises: bool = True) -> None:
         """Synchronise every target; returns when all are done.
 
-        Raises :class:`RSyncError` naming the target if one fails (with
-        ``raises=False`` failures are only recorded in :attr:`problems`).
+        Raises :class:`RSyncError` naming the target if one fails, or, once
+        everything else is synced, listing the paths a target could not write
+        (with ``raises=False`` failures are only recorded in :attr:`problems`).
         Problems of the source (files vanishing or changing during the walk)
         never abort the sync: they are reported in :attr:`problems` and to the
         callback, and the previous copy at the target is kept.
@@ -235,12 +237,14 @@ class RSync:
         for gateway, destdir, ch, finished in live:
             try:
                 ch.send(("finish",))
-                _, stats = ch.receive()
+                _, stats, failures = ch.receive()
                 ch.waitclose()
             except (ExecpoolError, EOFError) as exc:
                 failed.append("%s:%s: %s" % (gateway.id, destdir, _short(exc)))
                 continue
             self.stats[gateway.id] = stats
+            for text in failures:  # one path that could not be written: the rest was synced
+                failed.append("%s:%s: %s" % (gateway.id, destdir, text))
             if finished is not None:
                 finished()
         if failed:
@@ -465,6 +469,60 @@ def _lookup(table: dict[int, list[tuple[int, bytes]]], weak: int, window: Any) -
             if digest == strong:
                 return j
     return -1
+
+
+#: How many links one resolution may pass through before it counts as a loop (as the OS's ELOOP).
+MAX_LINK_HOPS = 40
+
+
+def escaping_links(entries: Sequence[tuple[str, str, int, int, int, str | None]]) -> set[str]:
+    """The links of ``entries`` whose target, resolved in the tree the entries make at the
+    target (through the tree's other links, as the OS would), can leave that tree; also
+    absolute links and loops.  Refusing a link changes the tree, so this repeats until no
+    other link is refused.  Names the tree does not have resolve lexically."""
+    kinds = {e[0]: e[1] for e in entries}
+    bad: set[str] = set()
+    while True:
+        links = {e[0]: e[5] or "" for e in entries if e[1] == "l" and e[0] not in bad}
+        new = {rel for rel, target in links.items() if _resolve(rel.rpartition("/")[0], target, links, kinds) is None}
+        if not new:
+            return bad
+        bad |= new
+
+
+def _resolve(base: str, target: str, links: dict[str, str], kinds: dict[str, str]) -> list[str] | None:
+    """Where ``target`` (a link's content, relative to directory ``base``) leads, as path
+    components under the root; None if it leaves the root, is absolute or loops."""
+    hops = [MAX_LINK_HOPS]
+
+    def walk(stack: list[str], text: str) -> list[str] | None:
+        if text.startswith("/"):
+            return None
+        stack = list(stack)
+        for part in text.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return None
+                stack.pop()
+                continue
+            path = "/".join([*stack, part])
+            if path in links:
+                hops[0] -= 1
+                if hops[0] < 0:
+                    return None
+                found = walk(stack, links[path])
+                if found is None:
+                    return None
+                stack = found
+            elif kinds.get(path) == "f":
+                return [*stack, part]  # nothing resolves through a file (ENOTDIR)
+            else:
+                stack.append(part)  # a directory, or a name the tree does not have
+        return stack
+
+    return walk(base.split("/") if base else [], target)
 
 
 def _short(exc: BaseException) -> str:

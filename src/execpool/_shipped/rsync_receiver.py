@@ -15,17 +15,24 @@ Conversation on the channel, master (M) and this receiver (R)::
     M: ("abort",)                          instead of "end": the source changed while sent; keep
                                            what is here (the temporary file is removed)
     M: ("skip", relpath)                   the source file vanished or failed: keep what is here
-    M: ("finish",)                       R: ("done", stats)
+    M: ("finish",)                       R: ("done", stats, failures)
+                                         failures: ["relpath: what went wrong", ...]
 
-Every relpath is checked before use: no absolute paths, no ``..``, no empty
-or dot components, and no path that leads through a symlink -- so nothing is
-ever written or deleted outside ``destdir``, whatever the master sends.  Files
-are written to a temporary name in their directory and renamed into place, so
-a reader never sees a half-written file.
+Every relpath is checked before use: no absolute paths, no ``..``, no empty or dot
+components.  Every operation on the target then goes through directory file
+descriptors opened from the target's root down, each component with ``O_NOFOLLOW |
+O_DIRECTORY``: a symlink in the target (planted before the sync or swapped in while it
+runs) is never followed.  Where the sync owns the name (the listing has a directory or
+a file there) the link itself is removed and replaced; anywhere else the path fails.
+Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` under a short random
+temporary name, get mode and times through their descriptor, and are renamed into
+place; a delta basis is read through an ``O_NOFOLLOW`` descriptor.  A path that cannot
+be written fails alone and is reported in ``failures``; the rest of the sync goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -43,10 +50,41 @@ DELTA_MIN = 256 * 1024
 BLOCK = 32 * 1024
 DIGEST = 16
 SIG = 4 + DIGEST
+#: Temporary files are TMP_PREFIX + 16 random hex digits: short (any name up to 255
+#: bytes syncs) and unpredictable (a link planted under the name cannot be aimed).
+TMP_PREFIX = ".execpool-tmp-"
+#: At most this many directory descriptors are kept open at once.
+MAX_DIR_FDS = 64
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 
 
 class RSyncError(Exception):
     pass
+
+
+class PathFailed(Exception):
+    """One path cannot be synced; the message says why.  The sync of the rest goes on."""
+
+
+def check_platform() -> None:
+    """Refuse a platform on which the receiver could not avoid following links."""
+    missing = [name for name in ("O_NOFOLLOW", "O_DIRECTORY") if not hasattr(os, name)]
+    for name in ("open", "stat", "mkdir", "rename", "unlink", "rmdir", "symlink", "readlink"):
+        if getattr(os, name) not in os.supports_dir_fd:
+            missing.append("os.%s(dir_fd=)" % name)
+    for name in ("chmod", "utime", "scandir"):
+        if getattr(os, name) not in os.supports_fd:
+            missing.append("os.%s(fd)" % name)
+    if missing:
+        raise RSyncError(
+            "RSync refuses to sync to this platform: it lacks %s, without which the receiver could "
+            "not avoid following symlinks in the target" % ", ".join(missing)
+        )
 
 
 def _check_rel(rel: str) -> List[str]:
@@ -59,15 +97,78 @@ def _check_rel(rel: str) -> List[str]:
     return parts
 
 
+def _lstat(name: str, dir_fd: int) -> Optional[os.stat_result]:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _remove(dir_fd: int, name: str) -> None:
+    """Remove ``name`` (a directory with all it holds, or anything else) without following links."""
+    st = _lstat(name, dir_fd)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, 0o700)  # a read-only directory must be writable to be emptied
+        with os.scandir(fd) as it:
+            names = [e.name for e in it]
+        for child in names:
+            _remove(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _new_temp(dir_fd: int) -> Any:
+    """(name, fd) of a new file with a random name in ``dir_fd``; never opens an existing one."""
+    for _ in range(8):
+        name = TMP_PREFIX + os.urandom(8).hex()
+        try:
+            return name, os.open(name, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue  # someone guessed or planted it: O_EXCL refused it, take another
+    raise PathFailed("could not create a temporary file (every random name taken)")
+
+
+def _open_regular(name: str, dir_fd: int, writable: bool = False) -> int:
+    """A descriptor of the regular file ``name``, never through a link (PathFailed otherwise)."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        if not writable:
+            raise
+        fd = os.open(name, os.O_WRONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathFailed("is a symlink at the target") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PathFailed("is not a regular file at the target")
+    return fd
+
+
 class Receiver:
     def __init__(self, channel: Any, destdir: str, options: Optional[Dict[str, Any]]) -> None:
+        check_platform()
         self.channel = channel
         self.options = options or {}
         self.root = os.path.realpath(os.path.expanduser(destdir))
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise RSyncError("target %s exists and is not a directory" % self.root)
         os.makedirs(self.root, exist_ok=True)
-        self._safe_dirs = {self.root}  # directories checked to be real (not symlinks) this run
+        self._fds: Dict[str, int] = {"": os.open(self.root, _DIR_FLAGS)}
+        self.failures: List[str] = []
+        self._failed: Dict[str, bool] = {}
         self.stats = {
             "files": 0,
             "literal": 0,  # bytes received as data
@@ -79,67 +180,159 @@ class Receiver:
             "skipped": 0,
         }
 
-    def path(self, rel: str) -> str:
-        """The path of ``rel`` under the root, refusing any way out of it."""
-        parts = _check_rel(rel)
-        current = self.root
-        safe = self._safe_dirs
-        for part in parts[:-1]:
-            current = os.path.join(current, part)
-            if current in safe:
-                continue
-            if os.path.islink(current):
-                raise RSyncError("refused path %r: %s is a symlink at the target" % (rel, current))
-            if os.path.isdir(current):
-                safe.add(current)  # checked once; this receiver replaces nothing by a link
-        return os.path.join(current, parts[-1])
+    # -- directory descriptors --------------------------------------------------------------
+
+    def _dir(self, rel_dir: str) -> int:
+        """The descriptor of directory ``rel_dir`` ("" is the root), opened component by
+        component without following links; PathFailed if one is a link or no directory."""
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        if len(self._fds) > MAX_DIR_FDS:
+            self._forget("", keep_root=True)
+        return self._open_dir(rel_dir)
+
+    def _open_dir(self, rel_dir: str) -> int:
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        head, _, name = rel_dir.rpartition("/")
+        parent = self._open_dir(head)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PathFailed("%s is a symlink or not a directory at the target" % rel_dir) from None
+            raise PathFailed("%s cannot be opened (%s)" % (rel_dir, _why(exc))) from None
+        self._fds[rel_dir] = fd
+        return fd
+
+    def _forget(self, rel: str, keep_root: bool = False) -> None:
+        """Close the descriptors of ``rel`` and everything under it ("" : all)."""
+        for key in list(self._fds):
+            if key == rel or not rel or key.startswith(rel + "/"):
+                if key == "" and keep_root:
+                    continue
+                os.close(self._fds.pop(key))
+
+    def close(self) -> None:
+        self._forget("")
+
+    def _where(self, rel: str) -> Any:
+        """(descriptor of the parent directory, last name) of ``rel``."""
+        head, _, name = rel.rpartition("/")
+        return self._dir(head), name
+
+    def _fail(self, rel: str, why: str) -> None:
+        self._failed[rel] = True
+        self.failures.append("%s: %s" % (rel, why))
+
+    # -- the conversation -------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> None:
         ch = self.channel
         ch.send(("ready", self.root))
         cmd, entries = ch.receive()
         assert cmd == "list", cmd
         wanted: Dict[str, Any] = {}
         for rel, kind, size, mtime, mode, link in entries:
-            self.path(rel)  # validate every name first
+            _check_rel(rel)  # validate every name first
             wanted[rel] = (kind, size, mtime, mode, link)
         if self.options.get("delete"):
-            self._delete_extra(wanted)
-        need: List[Any] = []
+            self._guarded("", self._delete_extra, "", wanted)
         for rel in sorted(wanted, key=lambda r: r.count("/")):
-            kind, size, mtime, mode, link = wanted[rel]
-            target = self.path(rel)
+            kind, _size, _mtime, mode, link = wanted[rel]
             if kind == "d":
-                self._ensure_dir(target, mode)
+                self._guarded(rel, self._ensure_dir, rel, mode)
             elif kind == "l":
-                self._ensure_link(target, link)
+                self._guarded(rel, self._ensure_link, rel, link)
+        need: List[Any] = []
         for rel, (kind, size, mtime, mode, _link) in wanted.items():
-            if kind != "f":
-                continue
-            target = self.path(rel)
-            try:
-                st = os.lstat(target)
-            except FileNotFoundError:
-                need.append((rel, None, None))
-                continue
-            if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                self._remove(target)
-                need.append((rel, None, None))
-            elif st.st_size != size or st.st_mtime_ns != mtime:
-                same_size = st.st_size == size
-                big = max(st.st_size, size) >= DELTA_MIN
-                if same_size or big:
-                    sha, sig = _digests(target, same_size, big)
-                    need.append((rel, sha, sig))
-                else:
-                    need.append((rel, None, None))
-            elif stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
-                os.chmod(target, stat.S_IMODE(mode))
+            if kind == "f" and not self._parent_failed(rel):
+                self._guarded(rel, self._check_file, rel, size, mtime, mode, need)
         ch.send(("need", need))
-        out: Any = None
-        tmp: Any = None
-        old: Any = None
-        current = ""
+        self._receive_files()
+        # directories last, deepest first: writing inside changes their times, and a
+        # read-only directory must stay writable until everything in it is in place
+        for rel in sorted(wanted, key=lambda r: -r.count("/")):
+            kind, _size, mtime, mode, _link = wanted[rel]
+            if kind == "d" and rel not in self._failed:
+                try:
+                    fd = self._dir(rel)
+                    os.utime(fd, ns=(mtime, mtime))
+                    os.fchmod(fd, stat.S_IMODE(mode))
+                except (OSError, PathFailed):
+                    pass
+        ch.send(("done", self.stats, self.failures))
+
+    def _parent_failed(self, rel: str) -> bool:
+        head = rel.rpartition("/")[0]
+        while head:
+            if head in self._failed:
+                self._failed[rel] = True
+                return True
+            head = head.rpartition("/")[0]
+        return False
+
+    def _guarded(self, rel: str, func: Any, *args: Any) -> bool:
+        """Run ``func``; a failure of this one path is recorded, not raised."""
+        try:
+            func(*args)
+            return True
+        except PathFailed as exc:
+            self._fail(rel, str(exc))
+        except OSError as exc:
+            self._fail(rel, "%s (%s)" % (_why(exc), exc.__class__.__name__))
+        return False
+
+    def _check_file(self, rel: str, size: int, mtime: int, mode: int, need: List[Any]) -> None:
+        dfd, name = self._where(rel)
+        st = _lstat(name, dfd)
+        if st is None:
+            need.append((rel, None, None))
+        elif not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            # a link, a directory, a FIFO...: replaced; a hard link: never changed in place
+            # (the other name may be outside the target), the new copy is renamed over it
+            if not stat.S_ISREG(st.st_mode):
+                self._forget(rel)
+                _remove(dfd, name)
+            need.append((rel, None, None))
+        elif st.st_size != size or st.st_mtime_ns != mtime:
+            same_size = st.st_size == size
+            big = max(st.st_size, size) >= DELTA_MIN
+            if same_size or big:
+                fd = _open_regular(name, dfd)
+                try:
+                    sha, sig = _digests(fd, same_size, big)
+                finally:
+                    os.close(fd)
+                need.append((rel, sha, sig))
+            else:
+                need.append((rel, None, None))
+        elif stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
+            self._set_meta(rel, None, mode)
+
+    def _set_meta(self, rel: str, mtime: Optional[int], mode: int) -> None:
+        dfd, name = self._where(rel)
+        fd = _open_regular(name, dfd, writable=True)
+        try:
+            if os.fstat(fd).st_nlink > 1:  # linked here since it was checked: maybe from outside
+                raise PathFailed("has other hard links at the target: not changed in place")
+            os.fchmod(fd, stat.S_IMODE(mode))
+            if mtime is not None:
+                os.utime(fd, ns=(mtime, mtime))
+        finally:
+            os.close(fd)
+
+    def _receive_files(self) -> None:
+        ch = self.channel
+        incoming: Optional[Incoming] = None
         while True:
             msg = ch.receive()
             cmd = msg[0]
@@ -147,124 +340,165 @@ class Receiver:
                 break
             if cmd == "touch":
                 _, rel, mtime, mode = msg
-                target = self.path(rel)
-                os.chmod(target, stat.S_IMODE(mode))
-                os.utime(target, ns=(mtime, mtime))
-                self.stats["touched"] += 1
+                if self._guarded(rel, self._set_meta, rel, mtime, mode):
+                    self.stats["touched"] += 1
             elif cmd == "file":
-                current = self.path(msg[1])
-                tmp = "%s.execpool-tmp-%d" % (current, os.getpid())
-                out = open(tmp, "wb")
-            elif cmd == "data":
-                out.write(msg[1])
-                self.stats["literal"] += len(msg[1])
-            elif cmd == "zdata":  # compress=True: literal data, zlib-compressed
-                block = zlib.decompress(msg[1])
-                out.write(block)
-                self.stats["literal"] += len(block)
-            elif cmd == "copy":
-                _, first, count = msg
-                if old is None:
-                    old = open(current, "rb")
-                old.seek(first * BLOCK)
-                block = old.read(count * BLOCK)
-                out.write(block)
-                self.stats["copied"] += len(block)
+                incoming = Incoming(self, msg[1])
+            elif cmd in ("data", "zdata", "copy"):
+                assert incoming is not None, cmd
+                incoming.feed(msg)
             elif cmd == "end":
-                _, mtime, mode = msg
-                if old is not None:
-                    old.close()
-                    old = None
-                out.close()
-                os.chmod(tmp, stat.S_IMODE(mode))
-                os.utime(tmp, ns=(mtime, mtime))
-                if os.path.isdir(current) and not os.path.islink(current):
-                    self._remove(current)
-                os.replace(tmp, current)
-                out = tmp = None
-                self.stats["files"] += 1
+                assert incoming is not None, cmd
+                if incoming.finish(msg[1], msg[2]):
+                    self.stats["files"] += 1
+                incoming = None
             elif cmd == "abort":
-                if old is not None:
-                    old.close()
-                    old = None
-                out.close()
-                os.unlink(tmp)
-                out = tmp = None
+                assert incoming is not None, cmd
+                incoming.discard()
+                incoming = None
                 self.stats["skipped"] += 1
             elif cmd == "skip":
                 self.stats["skipped"] += 1
             else:
                 raise RSyncError("unknown command %r" % (cmd,))
-        # directories last, deepest first: writing inside changes their times, and a
-        # read-only directory must stay writable until everything in it is in place
-        for rel in sorted(wanted, key=lambda r: -r.count("/")):
-            kind, _size, mtime, mode, _link = wanted[rel]
-            if kind == "d":
-                target = self.path(rel)
-                try:
-                    os.utime(target, ns=(mtime, mtime))
-                    os.chmod(target, stat.S_IMODE(mode))
-                except OSError:
-                    pass
-        ch.send(("done", self.stats))
 
-    def _ensure_dir(self, target: str, mode: int) -> None:
-        if os.path.islink(target) or (os.path.exists(target) and not os.path.isdir(target)):
-            self._remove(target)
-        if not os.path.isdir(target):
-            os.mkdir(target)
+    def _ensure_dir(self, rel: str, mode: int) -> None:
+        dfd, name = self._where(rel)
+        st = _lstat(name, dfd)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            self._forget(rel)
+            os.unlink(name, dir_fd=dfd)  # a link or a file where the source has a directory
+            st = None
+        if st is None:
+            os.mkdir(name, 0o700, dir_fd=dfd)
             self.stats["dirs"] += 1
-        os.chmod(target, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+        fd = self._dir(rel)
+        os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
 
-    def _ensure_link(self, target: str, link: str) -> None:
-        self._safe_dirs.discard(target)
-        if os.path.islink(target) and os.readlink(target) == link:
-            return
-        if os.path.lexists(target):
-            self._remove(target)
-        os.symlink(link, target)
+    def _ensure_link(self, rel: str, link: str) -> None:
+        dfd, name = self._where(rel)
+        st = _lstat(name, dfd)
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dfd) == link:
+                return
+            self._forget(rel)
+            _remove(dfd, name)
+        os.symlink(link, name, dir_fd=dfd)
         self.stats["links"] += 1
 
-    def _remove(self, target: str) -> None:
-        self._safe_dirs = {d for d in self._safe_dirs if d != target and not d.startswith(target + os.sep)}
-        if os.path.isdir(target) and not os.path.islink(target):
-            for dirpath, dirnames, filenames in os.walk(target, topdown=False):
-                for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                    os.unlink(os.path.join(dirpath, name))
-                for name in dirnames:
-                    p = os.path.join(dirpath, name)
-                    if not os.path.islink(p):
-                        os.chmod(p, 0o700)
-                        os.rmdir(p)
-            os.chmod(target, 0o700)
-            os.rmdir(target)
-        else:
-            os.unlink(target)
-
-    def _delete_extra(self, wanted: Dict[str, Any]) -> None:
-        for dirpath, dirnames, filenames in os.walk(self.root, topdown=True):
-            rel_dir = os.path.relpath(dirpath, self.root)
-            rel_dir = "" if rel_dir == "." else rel_dir + "/"
-            for name in list(dirnames):
-                rel = rel_dir + name
-                full = os.path.join(dirpath, name)
-                if rel not in wanted or wanted[rel][0] != "d":
-                    if rel not in wanted:
-                        self._remove(full)
-                        self.stats["deleted"] += 1
-                    dirnames.remove(name)  # never descend into what is not ours
-            for name in filenames:
-                rel = rel_dir + name
-                if rel not in wanted and ".execpool-tmp-" not in name:
-                    os.unlink(os.path.join(dirpath, name))
+    def _delete_extra(self, rel_dir: str, wanted: Dict[str, Any]) -> None:
+        fd = self._dir(rel_dir)
+        prefix = rel_dir + "/" if rel_dir else ""
+        with os.scandir(fd) as it:
+            found = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for name, is_dir in found:
+            rel = prefix + name
+            if rel not in wanted:
+                if name.startswith(TMP_PREFIX):
+                    continue  # another receiver's file in progress
+                self._forget(rel)
+                if self._guarded(rel, _remove, self._dir(rel_dir), name):
                     self.stats["deleted"] += 1
+            elif is_dir and wanted[rel][0] == "d":  # never descend into what is not ours
+                self._guarded(rel, self._delete_extra, rel, wanted)
 
 
-def _digests(path: str, want_sha: bool, want_sig: bool) -> Any:
-    """(sha256 hex or None, block signature bytes or None) of ``path``, in one read."""
+class Incoming:
+    """One file being received: written to a new temporary file, renamed into place."""
+
+    def __init__(self, receiver: Receiver, rel: str) -> None:
+        _check_rel(rel)
+        self.r = receiver
+        self.rel = rel
+        self.fd = -1
+        self.old = -1
+        self.tmp = ""
+        self.dfd = -1
+        self.name = ""
+        self.error = ""
+        try:
+            self.dfd, self.name = receiver._where(rel)
+            self.tmp, self.fd = _new_temp(self.dfd)
+        except PathFailed as exc:
+            self.error = str(exc)
+        except OSError as exc:
+            self.error = _why(exc)
+
+    def feed(self, msg: Any) -> None:
+        if self.error:
+            return  # the file failed: its data is read and dropped
+        stats = self.r.stats
+        try:
+            if msg[0] == "data":
+                _write(self.fd, msg[1])
+                stats["literal"] += len(msg[1])
+            elif msg[0] == "zdata":  # compress=True: literal data, zlib-compressed
+                block = zlib.decompress(msg[1])
+                _write(self.fd, block)
+                stats["literal"] += len(block)
+            else:
+                _, first, count = msg
+                if self.old < 0:
+                    self.old = _open_regular(self.name, self.dfd)
+                block = os.pread(self.old, count * BLOCK, first * BLOCK)
+                _write(self.fd, block)
+                stats["copied"] += len(block)
+        except PathFailed as exc:
+            self._failed("the old copy " + str(exc))
+        except OSError as exc:
+            self._failed(_why(exc))
+
+    def _failed(self, why: str) -> None:
+        self.error = why
+        self.discard()
+
+    def _close(self) -> None:
+        for attr in ("fd", "old"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+
+    def discard(self) -> None:
+        self._close()
+        if self.tmp:
+            try:
+                os.unlink(self.tmp, dir_fd=self.dfd)
+            except OSError:
+                pass
+            self.tmp = ""
+
+    def finish(self, mtime: int, mode: int) -> bool:
+        if not self.error:
+            try:
+                os.fchmod(self.fd, stat.S_IMODE(mode))
+                os.utime(self.fd, ns=(mtime, mtime))
+                self._close()
+                st = _lstat(self.name, self.dfd)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    self.r._forget(self.rel)
+                    _remove(self.dfd, self.name)
+                os.rename(self.tmp, self.name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+                self.tmp = ""
+                return True
+            except OSError as exc:
+                self.error = _why(exc)
+        self.discard()
+        self.r._fail(self.rel, "not written: " + self.error)
+        return False
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _digests(fd: int, want_sha: bool, want_sig: bool) -> Any:
+    """(sha256 hex or None, block signature bytes or None) of the file at ``fd``, in one read."""
     sha = hashlib.sha256() if want_sha else None
     sig = []
-    with open(path, "rb") as f:
+    with open(fd, "rb", closefd=False) as f:
         while True:
             block = f.read(BLOCK)
             if not block:
