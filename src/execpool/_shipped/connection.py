@@ -263,7 +263,7 @@ class BaseGateway:
         except BaseException as exc:  # a bug: end the connection loudly rather than hang
             import traceback
 
-            reason = "internal error in the reader thread: %r" % (exc,)
+            reason = "internal error in the reader thread: %s" % repr(exc)[:300]
             _trace.trace(reason, traceback.format_exc())
         finally:
             self._end_connection(reason)

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 PROTOCOL = 5
 
 _complex = complex
+_DESCRIBE_HEAD = 40
+_ERROR_TEXT_MAX = 300
 
 
 class _NeedsSlowPath(Exception):
@@ -150,18 +152,52 @@ class _Unpickler(_cpickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         raise DataFormatError(
             "refused to load %s.%s: channel data may only hold builtin values, "
-            "it never imports or calls anything" % (module, name)
+            "it never imports or calls anything" % (str(module)[:100], str(name)[:100])
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        if type(pid) is tuple:
-            if len(pid) == 3 and pid[0] == "c" and type(pid[1]) is float and type(pid[2]) is float:
-                return _complex(pid[1], pid[2])
-            if len(pid) == 2 and pid[0] == "ch" and type(pid[1]) is int and 0 < pid[1] < 2**31:
-                if self.channel_for_id is None:
-                    raise DataFormatError("channel reference found outside a gateway connection")
-                return self.channel_for_id(pid[1])
-        raise DataFormatError("malformed persistent reference %r in channel data" % (pid,))
+        return _persistent_value(pid, self.channel_for_id)
+
+
+def _persistent_value(pid: Any, channel_for_id: Callable[[int], Any] | None) -> Any:
+    if type(pid) is tuple:
+        if len(pid) == 3 and pid[0] == "c" and type(pid[1]) is float and type(pid[2]) is float:
+            return _complex(pid[1], pid[2])
+        if len(pid) == 2 and pid[0] == "ch" and type(pid[1]) is int and 0 < pid[1] < 2**31:
+            if channel_for_id is None:
+                raise DataFormatError("channel reference found outside a gateway connection")
+            return channel_for_id(pid[1])
+    raise DataFormatError("malformed persistent reference (%s) in channel data" % describe(pid))
+
+
+def describe(value: object) -> str:
+    """A short description of a value from a peer, safe to put in an error message.
+
+    Never ``repr()`` of the whole value: a small message can hold a structure whose repr
+    is gigabytes (shared references).  Type name, length, and for text and bytes the first
+    few characters.
+    """
+    tp = type(value)
+    name = tp.__name__
+    if tp in (str, bytes, bytearray):
+        head = value[:_DESCRIBE_HEAD]  # type: ignore[index]
+        more = "..." if len(value) > _DESCRIBE_HEAD else ""  # type: ignore[arg-type]
+        return "%s of length %d: %s%s" % (name, len(value), repr(head)[:100], more)  # type: ignore[arg-type]
+    if tp in (int, float, bool, complex) or value is None:
+        text = repr(value) if tp is not int or value.bit_length() < 256 else "a %d-bit int" % value.bit_length()  # type: ignore[attr-defined]
+        return "%s %s" % (name, text[:100])
+    try:
+        return "%s of length %d" % (name, len(value))  # type: ignore[arg-type]
+    except Exception:
+        return name
+
+
+def _error_text(exc: BaseException) -> str:
+    """``exc`` as "Type: message", cut to a bounded length (messages can quote peer data)."""
+    text = str(exc)
+    if len(text) > _ERROR_TEXT_MAX:
+        text = text[:_ERROR_TEXT_MAX] + "... (%d characters)" % len(text)
+    return "%s: %s" % (type(exc).__name__, text)
 
 
 def _check_no_extension_opcodes(data: bytes) -> None:
@@ -176,7 +212,7 @@ def _check_no_extension_opcodes(data: bytes) -> None:
     except DataFormatError:
         raise
     except Exception as exc:
-        raise DataFormatError("malformed channel data (%s: %s)" % (type(exc).__name__, exc)) from None
+        raise DataFormatError("malformed channel data (%s)" % _error_text(exc)) from None
 
 
 def loads(data: bytes | bytearray | memoryview, channel_for_id: Callable[[int], Any] | None = None) -> Any:
@@ -198,7 +234,7 @@ def loads(data: bytes | bytearray | memoryview, channel_for_id: Callable[[int], 
     except DataFormatError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, TypeError, MemoryError, ...
-        raise DataFormatError("malformed channel data (%s: %s)" % (type(exc).__name__, exc)) from None
+        raise DataFormatError("malformed channel data (%s)" % _error_text(exc)) from None
     # READONLY_BUFFER turns a bytes-like value into a memoryview without asking find_class;
     # dumps never writes it.  Its byte is rare enough that looking only then costs nothing.
     if b"\x98" in data and _holds_memoryview(value):
