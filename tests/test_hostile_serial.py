@@ -168,3 +168,124 @@ def test_load_names_the_offset_of_the_bad_object():
     assert compat.load(f) == [1, 2]
     with pytest.raises(DataFormatError, match="offset %d" % good):
         compat.load(f)
+
+
+# -- nesting (bullet 1) --------------------------------------------------------------------------
+
+_BUILDERS = """
+P = 2**61 - 1
+def deep_tuple(d):  # ((((),),),...) d deep, in 1 + d bytes
+    return b")" + b"\\x85" * d
+def colliding_ints(n, sep=b""):  # n distinct ints, all of hash 0
+    return b"".join(b"\\x8a\\x0c" + (i * P).to_bytes(12, "little", signed=True) + sep for i in range(1, n + 1))
+"""
+
+
+@pytest.mark.parametrize(
+    "shape, build",
+    [
+        ("dict key", 'b"\\x80\\x05}" + deep_tuple(200000) + b"Ns."'),
+        ("set member", 'b"\\x80\\x05\\x8f(" + deep_tuple(200000) + b"\\x90."'),
+        ("frozenset member", 'b"\\x80\\x05(" + deep_tuple(200000) + b"\\x91."'),
+        ("key in a small message", 'b"\\x80\\x05}" + deep_tuple(900) + b"Ns."'),
+        ("list of lists", 'b"\\x80\\x05" + b"]" * 200000 + b"a" * 199999 + b"."'),
+        ("bare tuple", 'b"\\x80\\x05" + deep_tuple(200000) + b"."'),
+    ],
+)
+def test_deeply_nested_data_is_refused_without_a_crash(shape, build):
+    result = run_child(
+        _BUILDERS
+        + """
+from execpool._shipped.serial import loads
+data = %s
+_outcome(lambda: loads(data, max_depth=%d))
+"""
+        % (build, 500 if "small" in shape else 1000)
+    )
+    assert_refused(result, "nested more than", "EXECPOOL_MAX_DEPTH")
+
+
+def test_nesting_up_to_the_limit_loads():
+    from execpool import DataFormatError, loads
+    from execpool._shipped.serial import dumps
+
+    value: object = 0
+    for _ in range(299):  # 299 tuples as a key inside a dict: 300 containers deep
+        value = (value,)
+    data = dumps({value: [0] * 2000})  # over 1 KiB: the guarded path
+    assert loads(data, max_depth=300) == {value: [0] * 2000}
+    with pytest.raises(DataFormatError, match="nested more than 299"):
+        loads(data, max_depth=299)
+
+
+def test_a_shared_reference_dag_is_measured_by_its_longest_path():
+    from execpool import DataFormatError, loads
+    from execpool._shipped.serial import dumps
+
+    # chain[i] holds chain[i-1]; the top list names every link first, so a walk that visits
+    # each container once from the top would see depth 2 only.
+    chain = [[]]
+    for _ in range(400):
+        chain.append([chain[-1]])
+    top = list(reversed(chain))
+    with pytest.raises(DataFormatError, match="nested more than 300"):
+        loads(dumps(top), max_depth=300)
+    assert loads(dumps(top[-5:])) == top[-5:]
+
+
+def test_a_cycle_is_not_nesting():
+    from execpool import loads
+    from execpool._shipped.serial import dumps
+
+    a: list = []
+    a.append(a)
+    a.extend([[i] for i in range(2000)])
+    got = loads(dumps(a))
+    assert got[0] is got
+
+
+# -- hash collisions (bullet 2) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, build",
+    [
+        ("dict", 'b"\\x80\\x05}(" + colliding_ints(80000, b"N") + b"u."'),
+        ("set", 'b"\\x80\\x05\\x8f(" + colliding_ints(80000) + b"\\x90."'),
+        ("frozenset", 'b"\\x80\\x05(" + colliding_ints(80000) + b"\\x91."'),
+        ("dict by DICT", 'b"\\x80\\x05(" + colliding_ints(80000, b"N") + b"d."'),
+    ],
+)
+def test_keys_of_one_hash_value_are_refused_in_linear_time(shape, build):
+    result = run_child(
+        _BUILDERS
+        + """
+from execpool._shipped.serial import loads
+data = %s
+assert len(data) > 1000000
+_outcome(lambda: loads(data))
+"""
+        % build
+    )
+    assert_refused(result, "share a hash value", "EXECPOOL_MAX_HASH_COLLISIONS")
+    assert result["wall"] < 2.0, result
+
+
+def test_with_the_collision_bound_lifted_the_cpu_budget_still_refuses():
+    result = run_child(
+        _BUILDERS
+        + """
+from execpool._shipped.serial import loads
+data = b"\\x80\\x05\\x8f(" + colliding_ints(80000) + b"\\x90."
+_outcome(lambda: loads(data, max_collisions=10**9))
+"""
+    )
+    assert_refused(result, "hashing budget")
+
+
+def test_ordinary_dicts_and_sets_of_many_int_keys_load():
+    from execpool import loads
+    from execpool._shipped.serial import dumps
+
+    value = {"ints": {i: -i for i in range(-50000, 50000)}, "set": set(range(0, 10**7, 97)), "neg": {-1, -2}}
+    assert loads(dumps(value)) == value
