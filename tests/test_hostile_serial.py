@@ -289,3 +289,79 @@ def test_ordinary_dicts_and_sets_of_many_int_keys_load():
 
     value = {"ints": {i: -i for i in range(-50000, 50000)}, "set": set(range(0, 10**7, 97)), "neg": {-1, -2}}
     assert loads(dumps(value)) == value
+
+
+# -- channel ids a peer may name (bullet 4) -------------------------------------------------------
+
+_GATEWAY = """
+from execpool._shipped.connection import BaseGateway
+from execpool._shipped.errors import ProtocolError
+from execpool._shipped.frames import DATA
+from execpool._shipped.serial import dumps
+class _NullIO:
+    def write(self, header, payload=b""):
+        pass
+gw = BaseGateway("hostile", 1 << 24)  # the master's side: odd ids are its own
+gw._io = _NullIO()
+"""
+
+
+def test_data_frames_naming_200000_new_channels_end_the_connection_at_the_cap():
+    result = run_child(
+        _GATEWAY
+        + """
+def feed():
+    item = dumps(1)
+    for cid in range(2, 400002, 2):
+        gw._dispatch(DATA, cid, item)
+    return gw._numchannels()
+_outcome(feed)
+print(gw._numchannels())
+"""
+    )
+    assert result["error"] == "ProtocolError", result
+    assert "more than 1024 channels" in result["message"] and "EXECPOOL_MAX_CHANNELS" in result["message"]
+    assert result["rss"] < MAX_RSS and result["cpu"] < MAX_CPU, result
+
+
+def test_one_message_naming_200000_channels_ends_the_connection_at_the_cap():
+    result = run_child(
+        _GATEWAY
+        + """
+ref = b"\\x8c\\x02chJ%s\\x86Q"  # BINPERSID of ("ch", cid)
+data = b"\\x80\\x05(" + b"".join(ref % cid.to_bytes(4, "little") for cid in range(2, 400002, 2)) + b"l."
+_outcome(lambda: gw._dispatch(DATA, 2, data))
+"""
+    )
+    assert result["error"] == "ProtocolError", result
+    assert "more than 1024 channels" in result["message"], result
+    assert result["rss"] < MAX_RSS and result["cpu"] < MAX_CPU, result
+
+
+def test_a_channel_of_this_sides_parity_that_it_never_opened_is_a_protocol_error():
+    from execpool._shipped.connection import BaseGateway
+    from execpool._shipped.errors import ProtocolError
+    from execpool._shipped.frames import DATA
+    from execpool._shipped.serial import dumps
+
+    gw = BaseGateway("hostile", 1 << 20)
+    with pytest.raises(ProtocolError, match="channel 7, which this side never opened"):
+        gw._dispatch(DATA, 7, dumps(1))
+    assert gw._numchannels() == 0
+
+
+def test_the_channel_cap_is_configurable(monkeypatch):
+    from execpool._shipped.connection import BaseGateway
+    from execpool._shipped.errors import ProtocolError
+    from execpool._shipped.frames import DATA
+    from execpool._shipped.serial import dumps
+
+    monkeypatch.setenv("EXECPOOL_MAX_CHANNELS", "3")
+    gw = BaseGateway("hostile", 1 << 20)
+    for cid in (2, 4, 6):
+        gw._dispatch(DATA, cid, dumps(cid))
+    with pytest.raises(ProtocolError, match="more than 3 channels"):
+        gw._dispatch(DATA, 8, dumps(8))
+    gw.max_channels = 10
+    gw._dispatch(DATA, 8, dumps(8))
+    assert gw._numchannels() == 4
