@@ -14,9 +14,10 @@
 Channel ids: the master allocates odd ids, the worker even ones, so the two
 never collide; an id of the peer's parity first seen in an incoming frame
 creates the channel, up to ``max_channels`` open channels the peer opened
-(``EXECPOOL_MAX_CHANNELS``, default 1024); one of this side's parity that this
-side never allocated, or one beyond that cap, is a protocol error that ends the
-connection.
+(``EXECPOOL_MAX_CHANNELS``, default 1024): one beyond that cap is a protocol
+error that ends the connection.  An id of this side's parity that is not in the
+table is a finished channel: what arrives for it is dropped, and no state is
+kept for it.
 
 An ``io`` object moves bytes and nothing else: ``read(n)`` (``b""`` at EOF),
 ``write(header, payload)``, ``close_write()``, ``close()``.  :class:`FdIO`
@@ -167,11 +168,6 @@ class BaseGateway:
             if ch is None:
                 first = self._first_channel_id
                 peers = (cid - first) % 2 != 0
-                if not peers and cid >= self._next_id:
-                    raise ProtocolError(
-                        "the peer named channel %d, which this side never opened (this side "
-                        "allocates the %s ids)" % (cid, "odd" if first % 2 else "even")
-                    )
                 if peers and self._lost is None and len(self._channels) >= self.max_channels:
                     opened = sum(1 for c in self._channels if (c - first) % 2)
                     if opened >= self.max_channels:
