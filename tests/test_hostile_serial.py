@@ -364,3 +364,79 @@ def test_the_channel_cap_is_configurable(monkeypatch):
     gw.max_channels = 10
     gw._dispatch(DATA, 8, dumps(8))
     assert gw._numchannels() == 4
+
+
+# -- generated shapes ------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_WRAP = {
+    "list": b"l",
+    "tuple": b"t",
+    "frozenset": b"\x91",
+    "dict key": b"Nd",
+    "set member": b"\x8f(",
+    "dict value": b"}",
+}
+
+
+def _nested(kinds: list, pad: int) -> bytes:
+    """Pickle bytes of an empty tuple wrapped in ``kinds`` (outermost first), beside a
+    ``pad``-byte str in one more tuple: ``len(kinds) + 2`` containers deep."""
+    prefix = b""
+    suffix = b""
+    for kind in kinds:
+        if kind == "set member":
+            prefix, suffix = prefix + b"\x8f(", b"\x90" + suffix
+        elif kind == "dict value":
+            prefix, suffix = prefix + b"}N", b"s" + suffix
+        else:
+            prefix, suffix = prefix + b"(", _WRAP[kind] + suffix
+    text = b"X" + pad.to_bytes(4, "little") + b"d" * pad
+    return b"\x80\x05(" + text + prefix + b")" + suffix + b"t."
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(_WRAP)), min_size=0, max_size=70),
+    pad=st.sampled_from([0, 2000]),
+)
+def test_generated_nesting_loads_within_the_limit_and_is_refused_beyond(kinds, pad):
+    from execpool import DataFormatError, loads
+
+    depth = len(kinds) + 2
+    data = _nested(kinds, pad)
+    try:
+        loads(data, max_depth=50)
+    except DataFormatError as exc:
+        hashed_list = any(
+            kinds[i] in ("tuple", "frozenset", "dict key", "set member")
+            and kinds[i + 1] in ("list", "dict value", "set member")
+            for i in range(len(kinds) - 1)
+        )
+        assert depth > 50 or hashed_list or "unhashable" in str(exc), (kinds, exc)
+    else:
+        assert depth <= 50, kinds
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 200), kind=st.sampled_from(["dict", "set", "frozenset"]))
+def test_generated_colliding_keys_load_up_to_the_bound(n, kind):
+    from execpool import DataFormatError, loads
+
+    p = 2**61 - 1
+    keys = b"".join(b"\x8a\x0c" + (i * p).to_bytes(12, "little", signed=True) for i in range(1, n + 1))
+    if kind == "dict":
+        body = b"(" + keys.replace(b"\x8a\x0c", b"N\x8a\x0c")[1:] + b"Nd"
+    elif kind == "set":
+        body = b"\x8f(" + keys + b"\x90"
+    else:
+        body = b"(" + keys + b"\x91"
+    data = b"\x80\x05" + body + b"X" + (2000).to_bytes(4, "little") + b"d" * 2000 + b"\x86."
+    try:
+        value, _ = loads(data, max_collisions=100)
+    except DataFormatError as exc:
+        assert n > 100 and "share a hash value" in str(exc), (n, exc)
+    else:
+        assert n <= 100 and len(value) == n
