@@ -440,3 +440,16 @@ def test_generated_colliding_keys_load_up_to_the_bound(n, kind):
         assert n > 100 and "share a hash value" in str(exc), (n, exc)
     else:
         assert n <= 100 and len(value) == n
+
+
+def test_a_large_bytes_value_of_dict_opcode_bytes_stays_on_the_c_unpickler(monkeypatch):
+    from execpool import loads
+    from execpool._shipped import serial
+
+    def refuse() -> None:
+        raise AssertionError("the guarded loader ran for a bulk message")
+
+    monkeypatch.setattr(serial, "_guarded_unpickler", refuse)
+    blob = b"}d\x8f\x91" * (1 << 18)
+    assert loads(serial.dumps(blob)) == blob
+    assert loads(serial.dumps(blob.decode("latin-1"))) == blob.decode("latin-1")

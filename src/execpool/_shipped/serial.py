@@ -280,7 +280,13 @@ def loads(
         _check_no_extension_opcodes(data)
     n = len(data)
     guarded = check_depth = False
+    few: Any = None
     if n > _SMALL or n > depth:
+        few = _few_opcodes(data)
+    if few is not None:  # the whole stream, read exactly: a few opcodes around large values
+        check_depth = few[1] >= depth
+        guarded = n > _SMALL and few[0]
+    elif n > _SMALL or n > depth:
         # C-speed over-estimates: each byte that could be a container opcode counted as one.
         # Without enough of them no value can nest ``depth`` deep; without a dict/set/frozenset
         # opcode byte nothing is hashed.  Either way the C unpickler runs unguarded.
@@ -309,6 +315,43 @@ def loads(
     if b"\x98" in data and _holds_memoryview(value):
         raise DataFormatError("refused a memoryview (READONLY_BUFFER opcode): channel data holds only builtin values")
     return value
+
+
+#: Argument sizes of the opcodes ``_few_opcodes`` knows: a fixed size, or (a negative) the
+#: size of a little-endian length that precedes the argument.
+_ARG = {op: 0 for op in b".N\x88\x89\x94(]ae)t\x85\x86\x87lQ"}
+_ARG.update({0x80: 1, ord("K"): 1, ord("h"): 1, ord("q"): 1, ord("M"): 2, ord("J"): 4, ord("j"): 4})
+_ARG.update({ord("r"): 4, ord("G"): 8, 0x95: 8})
+_ARG.update({0x8C: -1, ord("C"): -1, 0x8A: -1, ord("X"): -4, ord("B"): -4, 0x8B: -4})
+_ARG.update({0x8D: -8, 0x8E: -8, 0x96: -8})
+_CONTAINER_OP_SET = frozenset(_CONTAINER_OPS)
+_FEW = 64
+
+
+def _few_opcodes(data: bytes) -> Any:
+    """(may hash, container opcodes) of a stream of at most ``_FEW`` opcodes that builds no
+    dict or set, read exactly as the C unpickler reads it; None for anything else.  Bulk
+    messages (one large bytes or str value) skip the byte-counting gate this way."""
+    pos = 0
+    n = len(data)
+    containers = 0
+    arg = _ARG
+    for _ in range(_FEW):
+        if pos >= n:
+            return None
+        op = data[pos]
+        size = arg.get(op)
+        if size is None:
+            return None  # a dict or set opcode, or one this reader does not know
+        pos += 1
+        if op == 0x2E:  # STOP
+            return (False, containers)
+        if op in _CONTAINER_OP_SET:
+            containers += 1
+        if size < 0:
+            size = int.from_bytes(data[pos : pos - size], "little") - size
+        pos += size
+    return None
 
 
 def _module_max_depth() -> int:
