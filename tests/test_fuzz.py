@@ -624,7 +624,11 @@ class Watched:
     peak: int
 
 
-_LOADER_FILES = {_serial.__file__, pickletools.__file__}  # pickletools: loads' EXT check, when copyreg has a cache
+_LOADER_FILES = {
+    _serial.__file__,
+    pickletools.__file__,
+    pickle.__file__,
+}  # pickletools: loads' EXT check, when copyreg has a cache; pickle: the guarded loader of messages that may hash
 
 
 def watched_loads(data: bytes, channel_for_id: Callable[[int], Any] | None = None) -> Watched:

@@ -12,7 +12,12 @@
                 --> _connection_ended() of the side
 
 Channel ids: the master allocates odd ids, the worker even ones, so the two
-never collide; an id first seen in an incoming frame creates the channel.
+never collide; an id of the peer's parity first seen in an incoming frame
+creates the channel, up to ``max_channels`` open channels the peer opened
+(``EXECPOOL_MAX_CHANNELS``, default 1024): one beyond that cap is a protocol
+error that ends the connection.  An id of this side's parity that is not in the
+table is a finished channel: what arrives for it is dropped, and no state is
+kept for it.
 
 An ``io`` object moves bytes and nothing else: ``read(n)`` (``b""`` at EOF),
 ``write(header, payload)``, ``close_write()``, ``close()``.  :class:`FdIO`
@@ -42,6 +47,21 @@ READ_SIZE = 256 * 1024
 LARGE = 128 * 1024
 _SMALL = 64 * 1024
 _F_SETPIPE_SZ = 1031  # Linux fcntl command
+#: Channels the peer may have open at once on one connection (``EXECPOOL_MAX_CHANNELS``).
+DEFAULT_MAX_CHANNELS = 1024
+
+
+def default_max_channels() -> int:
+    value = os.environ.get("EXECPOOL_MAX_CHANNELS")
+    if not value:
+        return DEFAULT_MAX_CHANNELS
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError("EXECPOOL_MAX_CHANNELS=%r is not a whole number" % value[:50]) from None
+    if n < 1:
+        raise ValueError("EXECPOOL_MAX_CHANNELS=%d must be at least 1" % n)
+    return n
 
 
 def enlarge_pipe(fd: int, size: int = 1024 * 1024) -> None:
@@ -124,6 +144,8 @@ class BaseGateway:
         self._write_closed: Optional[str] = None  # why this side stopped writing, once it has
         self._ended = threading.Event()
         self._reader: Optional[threading.Thread] = None
+        #: Most channels the peer may have open at once here; more is a protocol error.
+        self.max_channels = default_max_channels()
 
     # -- channels ------------------------------------------------------------------
 
@@ -144,8 +166,18 @@ class BaseGateway:
         with self._chan_lock:
             ch = self._channels.get(cid)
             if ch is None:
+                first = self._first_channel_id
+                peers = (cid - first) % 2 != 0
+                if peers and self._lost is None and len(self._channels) >= self.max_channels:
+                    opened = sum(1 for c in self._channels if (c - first) % 2)
+                    if opened >= self.max_channels:
+                        raise ProtocolError(
+                            "the peer opened more than %d channels at once on %s (the per-connection "
+                            "limit: raise it with EXECPOOL_MAX_CHANNELS on this side, or the gateway's "
+                            "max_channels attribute)" % (self.max_channels, self.id)
+                        )
                 ch = Channel(self, cid)
-                if self._lost is None and (cid - self._first_channel_id) % 2 != 0:
+                if self._lost is None and peers:
                     self._channels[cid] = ch  # a peer-allocated id seen for the first time
                 else:
                     ch._closed = ch._remote_closed = True  # one of ours that is already finished
@@ -263,7 +295,7 @@ class BaseGateway:
         except BaseException as exc:  # a bug: end the connection loudly rather than hang
             import traceback
 
-            reason = "internal error in the reader thread: %r" % (exc,)
+            reason = "internal error in the reader thread: %s" % repr(exc)[:300]
             _trace.trace(reason, traceback.format_exc())
         finally:
             self._end_connection(reason)
@@ -287,6 +319,8 @@ class BaseGateway:
             ch = self._channels.get(cid) or self._channel_for_id(cid)
             try:
                 item = loads(payload, self._channel_for_id)
+            except ProtocolError:
+                raise  # a channel id the peer may not use: the connection ends
             except DataFormatError as exc:
                 _trace.trace("bad data on channel", cid, exc)
                 ch._deliver_bad(str(exc))

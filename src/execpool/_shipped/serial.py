@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copyreg
 import io
+import itertools
 
 try:
     import _pickle as _cpickle
@@ -42,12 +43,14 @@ from .errors import DataFormatError, DumpError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, Dict
 
 #: Pickle protocol of every message; 5 is readable by CPython 3.8 and later.
 PROTOCOL = 5
 
 _complex = complex
+_DESCRIBE_HEAD = 40
+_ERROR_TEXT_MAX = 300
 
 
 class _NeedsSlowPath(Exception):
@@ -150,18 +153,52 @@ class _Unpickler(_cpickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         raise DataFormatError(
             "refused to load %s.%s: channel data may only hold builtin values, "
-            "it never imports or calls anything" % (module, name)
+            "it never imports or calls anything" % (str(module)[:100], str(name)[:100])
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        if type(pid) is tuple:
-            if len(pid) == 3 and pid[0] == "c" and type(pid[1]) is float and type(pid[2]) is float:
-                return _complex(pid[1], pid[2])
-            if len(pid) == 2 and pid[0] == "ch" and type(pid[1]) is int and 0 < pid[1] < 2**31:
-                if self.channel_for_id is None:
-                    raise DataFormatError("channel reference found outside a gateway connection")
-                return self.channel_for_id(pid[1])
-        raise DataFormatError("malformed persistent reference %r in channel data" % (pid,))
+        return _persistent_value(pid, self.channel_for_id)
+
+
+def _persistent_value(pid: Any, channel_for_id: Callable[[int], Any] | None) -> Any:
+    if type(pid) is tuple:
+        if len(pid) == 3 and pid[0] == "c" and type(pid[1]) is float and type(pid[2]) is float:
+            return _complex(pid[1], pid[2])
+        if len(pid) == 2 and pid[0] == "ch" and type(pid[1]) is int and 0 < pid[1] < 2**31:
+            if channel_for_id is None:
+                raise DataFormatError("channel reference found outside a gateway connection")
+            return channel_for_id(pid[1])
+    raise DataFormatError("malformed persistent reference (%s) in channel data" % describe(pid))
+
+
+def describe(value: object) -> str:
+    """A short description of a value from a peer, safe to put in an error message.
+
+    Never ``repr()`` of the whole value: a small message can hold a structure whose repr
+    is gigabytes (shared references).  Type name, length, and for text and bytes the first
+    few characters.
+    """
+    tp = type(value)
+    name = tp.__name__
+    if tp in (str, bytes, bytearray):
+        head = value[:_DESCRIBE_HEAD]  # type: ignore[index]
+        more = "..." if len(value) > _DESCRIBE_HEAD else ""  # type: ignore[arg-type]
+        return "%s of length %d: %s%s" % (name, len(value), repr(head)[:100], more)  # type: ignore[arg-type]
+    if tp in (int, float, bool, complex) or value is None:
+        text = repr(value) if tp is not int or value.bit_length() < 256 else "a %d-bit int" % value.bit_length()  # type: ignore[attr-defined]
+        return "%s %s" % (name, text[:100])
+    try:
+        return "%s of length %d" % (name, len(value))  # type: ignore[arg-type]
+    except Exception:
+        return name
+
+
+def _error_text(exc: BaseException) -> str:
+    """``exc`` as "Type: message", cut to a bounded length (messages can quote peer data)."""
+    text = str(exc)
+    if len(text) > _ERROR_TEXT_MAX:
+        text = text[:_ERROR_TEXT_MAX] + "... (%d characters)" % len(text)
+    return "%s: %s" % (type(exc).__name__, text)
 
 
 def _check_no_extension_opcodes(data: bytes) -> None:
@@ -176,34 +213,350 @@ def _check_no_extension_opcodes(data: bytes) -> None:
     except DataFormatError:
         raise
     except Exception as exc:
-        raise DataFormatError("malformed channel data (%s: %s)" % (type(exc).__name__, exc)) from None
+        raise DataFormatError("malformed channel data (%s)" % _error_text(exc)) from None
 
 
-def loads(data: bytes | bytearray | memoryview, channel_for_id: Callable[[int], Any] | None = None) -> Any:
+def _env_int(name: str, default: int) -> int:
+    import os
+
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError("%s=%r is not a whole number" % (name, value[:50])) from None
+    if n < 1:
+        raise ValueError("%s=%d must be at least 1" % (name, n))
+    return n
+
+
+#: Deepest nesting of containers (tuple, list, dict, set, frozenset) that loads() accepts.
+#: Far below what the C stack holds when CPython hashes or compares nested tuples.
+DEFAULT_MAX_DEPTH = 1000
+#: Most keys of one dict, set or frozenset that may share one hash value (mod 2**61-1).
+DEFAULT_MAX_COLLISIONS = 64
+max_depth = _env_int("EXECPOOL_MAX_DEPTH", DEFAULT_MAX_DEPTH)
+max_collisions = _env_int("EXECPOOL_MAX_HASH_COLLISIONS", DEFAULT_MAX_COLLISIONS)
+
+#: Messages up to this long go to the C unpickler unchecked for hashing: they hold too few
+#: keys for collisions to cost anything, and no tuple chain deeper than the C stack holds.
+_SMALL = 1024
+_HASH_MOD = 2**61 - 1
+#: CPU seconds that building the dicts and sets of one message may take (the guard behind
+#: the collision bound), plus this much per byte of the message.
+_HASH_CPU_BASE = 0.1
+_HASH_CPU_PER_BYTE = 1e-6
+_ALL_BYTES = bytes(range(256))
+#: Bytes of the opcodes that make a container that can hold another: tuple, list, dict, set, frozenset.
+_CONTAINER_OPS = b"t\x85\x86\x87]l}d\x8f\x91"
+#: Of those, the opcodes that make a dict, a set or a frozenset: only they hash anything.
+_HASHING_OPS = b"}d\x8f\x91"
+_NOT_CONTAINER_OPS = bytes(b for b in _ALL_BYTES if b not in _CONTAINER_OPS)
+_NOT_HASHING_OPS = bytes(b for b in _ALL_BYTES if b not in _HASHING_OPS)
+_CONTAINER_TYPES = frozenset((tuple, list, dict, set, frozenset))
+
+
+def loads(
+    data: bytes | bytearray | memoryview,
+    channel_for_id: Callable[[int], Any] | None = None,
+    max_depth: int | None = None,
+    max_collisions: int | None = None,
+) -> Any:
     """Load bytes made by :func:`dumps`; raise :class:`DataFormatError` for anything else.
 
     Loading never imports a module and never calls anything but ``complex``
     (for complex numbers); channel references are resolved with
-    ``channel_for_id`` (refused without it).
+    ``channel_for_id`` (refused without it).  Data nested deeper than
+    ``max_depth`` containers, or a dict/set with more than ``max_collisions``
+    keys of one hash value, is refused (defaults: the module's ``max_depth``
+    and ``max_collisions``, from ``EXECPOOL_MAX_DEPTH`` and
+    ``EXECPOOL_MAX_HASH_COLLISIONS``).
     """
+    depth = _module_max_depth() if max_depth is None else max_depth
     if type(data) is not bytes:
         data = bytes(data)  # the C unpickler reads a BytesIO over bytes far faster
     if copyreg._extension_cache:  # type: ignore[attr-defined]
         _check_no_extension_opcodes(data)
-    u = _Unpickler(io.BytesIO(data))
-    if channel_for_id is not None:
-        u.channel_for_id = channel_for_id
+    n = len(data)
+    guarded = check_depth = False
+    few: Any = None
+    if n > _SMALL or n > depth:
+        few = _few_opcodes(data)
+    if few is not None:  # the whole stream, read exactly: a few opcodes around large values
+        check_depth = few[1] >= depth
+        guarded = n > _SMALL and few[0]
+    elif n > _SMALL or n > depth:
+        # C-speed over-estimates: each byte that could be a container opcode counted as one.
+        # Without enough of them no value can nest ``depth`` deep; without a dict/set/frozenset
+        # opcode byte nothing is hashed.  Either way the C unpickler runs unguarded.
+        marks = data.translate(None, _NOT_CONTAINER_OPS)
+        check_depth = len(marks) >= depth
+        guarded = n > _SMALL and bool(marks.translate(None, _NOT_HASHING_OPS))
     try:
-        value = u.load()
+        if guarded:
+            g = _guarded_unpickler()(io.BytesIO(data))
+            g.channel_for_id = channel_for_id
+            g.setup(depth, _module_max_collisions() if max_collisions is None else max_collisions, n)
+            value = g.load()
+        else:
+            u = _Unpickler(io.BytesIO(data))
+            if channel_for_id is not None:
+                u.channel_for_id = channel_for_id
+            value = u.load()
     except DataFormatError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, TypeError, MemoryError, ...
-        raise DataFormatError("malformed channel data (%s: %s)" % (type(exc).__name__, exc)) from None
+        raise DataFormatError("malformed channel data (%s)" % _error_text(exc)) from None
+    if check_depth and _deeper_than(value, depth, _CONTAINER_TYPES, {}):
+        raise DataFormatError(_too_deep_message(depth))
     # READONLY_BUFFER turns a bytes-like value into a memoryview without asking find_class;
     # dumps never writes it.  Its byte is rare enough that looking only then costs nothing.
     if b"\x98" in data and _holds_memoryview(value):
         raise DataFormatError("refused a memoryview (READONLY_BUFFER opcode): channel data holds only builtin values")
     return value
+
+
+#: Argument sizes of the opcodes ``_few_opcodes`` knows: a fixed size, or (a negative) the
+#: size of a little-endian length that precedes the argument.
+_ARG = {op: 0 for op in b".N\x88\x89\x94(]ae)t\x85\x86\x87lQ"}
+_ARG.update({0x80: 1, ord("K"): 1, ord("h"): 1, ord("q"): 1, ord("M"): 2, ord("J"): 4, ord("j"): 4})
+_ARG.update({ord("r"): 4, ord("G"): 8, 0x95: 8})
+_ARG.update({0x8C: -1, ord("C"): -1, 0x8A: -1, ord("X"): -4, ord("B"): -4, 0x8B: -4})
+_ARG.update({0x8D: -8, 0x8E: -8, 0x96: -8})
+_CONTAINER_OP_SET = frozenset(_CONTAINER_OPS)
+_FEW = 64
+
+
+def _few_opcodes(data: bytes) -> Any:
+    """(may hash, container opcodes) of a stream of at most ``_FEW`` opcodes that builds no
+    dict or set, read exactly as the C unpickler reads it; None for anything else.  Bulk
+    messages (one large bytes or str value) skip the byte-counting gate this way."""
+    pos = 0
+    n = len(data)
+    containers = 0
+    arg = _ARG
+    for _ in range(_FEW):
+        if pos >= n:
+            return None
+        op = data[pos]
+        size = arg.get(op)
+        if size is None:
+            return None  # a dict or set opcode, or one this reader does not know
+        pos += 1
+        if op == 0x2E:  # STOP
+            return (False, containers)
+        if op in _CONTAINER_OP_SET:
+            containers += 1
+        if size < 0:
+            size = int.from_bytes(data[pos : pos - size], "little") - size
+        pos += size
+    return None
+
+
+def _module_max_depth() -> int:
+    return max_depth
+
+
+def _module_max_collisions() -> int:
+    return max_collisions
+
+
+def _too_deep_message(limit: int) -> str:
+    return (
+        "refused channel data nested more than %d containers deep (the nesting limit: raise it with "
+        "EXECPOOL_MAX_DEPTH on the loading side, or loads(max_depth=...))" % limit
+    )
+
+
+def _deeper_than(value: Any, limit: int, follow: Any, heights: Dict[int, Any]) -> bool:
+    """True if a chain of nested containers of the types ``follow`` in ``value`` is longer
+    than ``limit``.  Iterative (no recursion), each container measured once: ``heights``
+    maps id() to (container, height) and keeps what it measured alive.  A container met
+    again on its own path (a cycle) counts as a leaf there."""
+    if type(value) not in follow:
+        return False
+    hit = heights.get(id(value))
+    if hit is not None:
+        return bool(hit[1] > limit)
+    path = [[value, _kids(value, follow), 0]]
+    onpath = {id(value)}
+    while path:
+        top = path[-1]
+        for child in top[1]:
+            if type(child) not in follow:
+                continue
+            known = heights.get(id(child))
+            if known is not None:
+                if known[1] > top[2]:
+                    top[2] = known[1]
+                continue
+            if id(child) in onpath:
+                continue
+            if len(path) >= limit:
+                return True
+            onpath.add(id(child))
+            path.append([child, _kids(child, follow), 0])
+            break
+        else:
+            path.pop()
+            onpath.discard(id(top[0]))
+            height = top[2] + 1
+            if height > limit:
+                return True
+            heights[id(top[0])] = (top[0], height)
+            if path and height > path[-1][2]:
+                path[-1][2] = height
+    return False
+
+
+def _kids(container: Any, follow: Any) -> Any:
+    """An iterator over what ``container`` holds, empty at C speed when it holds no container."""
+    if type(container) is dict:
+        if follow.isdisjoint(map(type, container)) and follow.isdisjoint(map(type, container.values())):
+            return iter(())
+        return itertools.chain(container, container.values())
+    if follow.isdisjoint(map(type, container)):
+        return iter(())
+    return iter(container)
+
+
+_guarded_class: Any = None
+
+
+def _guarded_unpickler() -> Any:
+    """The class that loads messages which may hash: built on first use (it imports pickle)."""
+    global _guarded_class
+    if _guarded_class is None:
+        _guarded_class = _make_guarded_unpickler()
+    return _guarded_class
+
+
+def _make_guarded_unpickler() -> Any:
+    import pickle
+    import time
+
+    base: Any = pickle._Unpickler
+    thread_time = time.thread_time
+
+    class _GuardedUnpickler(base):  # type: ignore[misc]
+        """The pure-Python unpickler, with every dict, set and frozenset built under guard.
+
+        Before a key or member is hashed its chain of nested tuples is measured against the
+        nesting limit (CPython hashes a tuple recursively, in C); the keys of each container
+        are counted by hash value, and more than ``max_collisions`` alike is refused; the
+        CPU time spent inserting is capped in proportion to the message (a backstop for
+        collisions of the probe sequence rather than of the hash)."""
+
+        dispatch = dict(base.dispatch)
+        channel_for_id: Any = None
+
+        def setup(self, depth: int, collisions: int, size: int) -> None:
+            self._depth = depth
+            self._collisions = collisions
+            self._heights: Dict[int, Any] = {}
+            self._counts: Dict[int, Any] = {}
+            self._spent = 0.0
+            self._budget = _HASH_CPU_BASE + _HASH_CPU_PER_BYTE * size
+
+        def find_class(self, module: str, name: str) -> Any:
+            return _Unpickler.find_class(self, module, name)
+
+        def persistent_load(self, pid: Any) -> Any:
+            return _persistent_value(pid, self.channel_for_id)
+
+        def _insert(self, target: Any, items: Any, pairs: bool) -> None:
+            """Put ``items`` (key, value, key, value... if ``pairs``) into ``target``."""
+            t0 = thread_time()
+            entry = self._counts.get(id(target))
+            if entry is None:
+                entry = self._counts[id(target)] = (target, {})
+            counts: Dict[int, int] = entry[1]
+            step = 2 if pairs else 1
+            is_dict = type(target) is dict
+            for i in range(0, len(items), step):
+                key = items[i]
+                if type(key) is tuple and _deeper_than(key, self._depth, _TUPLE_ONLY, self._heights):
+                    raise DataFormatError(_too_deep_message(self._depth))
+                h = hash(key) % _HASH_MOD
+                c = counts.get(h, 0) + 1
+                if c > self._collisions:
+                    raise DataFormatError(
+                        "refused channel data: more than %d keys of one %s share a hash value (a hash-"
+                        "collision attack costs quadratic time; raise the limit with "
+                        "EXECPOOL_MAX_HASH_COLLISIONS on the loading side, or loads(max_collisions=...))"
+                        % (self._collisions, type(target).__name__)
+                    )
+                counts[h] = c
+                if pairs:
+                    target[key] = items[i + 1]
+                elif is_dict or type(target) is not set:
+                    raise DataFormatError("malformed channel data: ADDITEMS on a %s" % type(target).__name__)
+                else:
+                    target.add(key)
+                if not i & 255 and thread_time() - t0 + self._spent > self._budget:
+                    self._over_budget()
+            self._spent += thread_time() - t0
+            if self._spent > self._budget:
+                self._over_budget()
+
+        def _over_budget(self) -> None:
+            raise DataFormatError(
+                "refused channel data: building its dicts and sets took more than %.2f s of CPU "
+                "(the hashing budget of a message of this size; its keys collide)" % self._budget
+            )
+
+        def _setitem(self) -> None:
+            stack = self.stack
+            value = stack.pop()
+            key = stack.pop()
+            self._store(stack[-1], [key, value])
+
+        def _setitems(self) -> None:
+            items = self.pop_mark()
+            self._store(self.stack[-1], items)
+
+        def _store(self, target: Any, items: Any) -> None:
+            if len(items) % 2:
+                raise DataFormatError("malformed channel data: odd number of items for SETITEMS")
+            if type(target) is dict:
+                self._insert(target, items, True)
+            else:  # a list: item assignment by index hashes nothing
+                for i in range(0, len(items), 2):
+                    target[items[i]] = items[i + 1]
+
+        def _dict(self) -> None:
+            items = self.pop_mark()
+            if len(items) % 2:
+                raise DataFormatError("malformed channel data: odd number of items for DICT")
+            d: Dict[Any, Any] = {}
+            self._insert(d, items, True)
+            self.append(d)
+
+        def _additems(self) -> None:
+            items = self.pop_mark()
+            self._insert(self.stack[-1], items, False)
+
+        def _frozenset(self) -> None:
+            items = self.pop_mark()
+            probe: set = set()  # type: ignore[type-arg]
+            self._insert(probe, items, False)
+            self.append(frozenset(probe))
+
+        def _build(self) -> None:
+            raise DataFormatError("refused a BUILD opcode: channel data never sets the state of an object")
+
+        dispatch[pickle.SETITEM[0]] = _setitem
+        dispatch[pickle.SETITEMS[0]] = _setitems
+        dispatch[pickle.DICT[0]] = _dict
+        dispatch[pickle.ADDITEMS[0]] = _additems
+        dispatch[pickle.FROZENSET[0]] = _frozenset
+        dispatch[pickle.BUILD[0]] = _build
+
+    return _GuardedUnpickler
+
+
+_TUPLE_ONLY = frozenset((tuple,))
 
 
 def _holds_memoryview(value: Any) -> bool:

@@ -192,22 +192,49 @@ def dump(file: IO[bytes], obj: object) -> None:
 
 
 def load(file: IO[bytes], **_options: Any) -> Any:
-    """Read one object written by :func:`dump`; ``EOFError`` at the end of the file."""
-    header = _read_exactly(file, _DUMP_HEADER.size, allow_eof=True)
+    """Read one object written by :func:`dump`; ``EOFError`` at the end of the file.
+
+    Anything else that is not what :func:`dump` wrote -- a short or oversized header, a
+    truncated body, bytes that are not channel data -- raises :class:`DataFormatError`
+    naming the offset in the file where that object began.
+    """
+    try:
+        start: int | None = file.tell()
+    except Exception:
+        start = None
+    where = "at offset %d of %s" % (start, _name_of(file)) if start is not None else "in %s" % _name_of(file)
+    header = _read_exactly(file, _DUMP_HEADER.size, allow_eof=True, where=where)
     (size,) = _DUMP_HEADER.unpack(header)
-    return loads(_read_exactly(file, size, allow_eof=False))
+    data = _read_exactly(file, size, allow_eof=False, where=where)
+    try:
+        return loads(data)
+    except DataFormatError as exc:
+        raise DataFormatError("the object %s is not valid: %s" % (where, exc)) from None
 
 
-def _read_exactly(file: IO[bytes], size: int, allow_eof: bool) -> bytes:
-    data = b""
-    while len(data) < size:
-        block = file.read(size - len(data))
+#: Bytes read per call: a header may declare any length, and only what the file holds is read.
+_READ_BLOCK = 1024 * 1024
+
+
+def _name_of(file: IO[bytes]) -> str:
+    name = getattr(file, "name", None)
+    return repr(name)[:200] if isinstance(name, (str, bytes)) else type(file).__name__
+
+
+def _read_exactly(file: IO[bytes], size: int, allow_eof: bool, where: str) -> bytes:
+    parts = []
+    got = 0
+    while got < size:
+        block = file.read(min(size - got, _READ_BLOCK))
         if not block:
-            if allow_eof and not data:
-                raise EOFError("no more objects in %r" % (file,))
-            raise DataFormatError("truncated data: %d of %d bytes read from %r" % (len(data), size, file))
-        data += block
-    return data
+            if allow_eof and not got:
+                raise EOFError("no more objects in %s" % _name_of(file))
+            raise DataFormatError(
+                "truncated data: the object %s declares %d bytes, the file ends after %d" % (where, size, got)
+            )
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
 
 
 def _submodule(name: str, **names: Any) -> types.ModuleType:
