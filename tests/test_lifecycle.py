@@ -255,3 +255,22 @@ def test_a_program_that_ends_with_its_pool_still_starting_prints_nothing(tmp_pat
         proc = run_master_script("import execpool\npool = execpool.Pool(4)\n", tmp_path, timeout=30)
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr == "", proc.stderr  # no "could not start" for starts the exit cut short
+
+
+def test_ending_gateways_right_after_their_hello_prints_no_interrupt(tmp_path: Path) -> None:
+    # the shutdown's interrupt can reach a worker before its main loop runs
+    proc = run_master_script(
+        """
+        import execpool
+        from execpool._shipped import poolworker
+
+        for _ in range(40):
+            group = execpool.Group()
+            group.makegateway("popen").remote_exec(poolworker.serve)
+            group.terminate(timeout=2)
+        """,
+        tmp_path,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "KeyboardInterrupt" not in proc.stderr, proc.stderr

@@ -352,12 +352,17 @@ def main(config: Dict[str, Any]) -> None:
     if "error" in hello:
         return
     _trace.trace("worker started:", hello)
-    gateway._start_reader()
-    # The first compile() in a process costs milliseconds of one-time set-up; pay it while
-    # the master is still reading the hello rather than in the first remote_exec.
-    compile("pass", "<warm-up>", "exec")
-    gateway.serve_main()
-    _trace.trace("worker main loop ended")
+    try:
+        gateway._start_reader()
+        # The first compile() in a process costs milliseconds of one-time set-up; pay it while
+        # the master is still reading the hello rather than in the first remote_exec.
+        compile("pass", "<warm-up>", "exec")
+        gateway.serve_main()
+        _trace.trace("worker main loop ended")
+    except KeyboardInterrupt:
+        # the master's shutdown interrupted the main thread before its loop ran (a gateway
+        # ended right after its hello): that is the shutdown, not a failure to report
+        _trace.trace("worker interrupted before its main loop: shutting down")
     _exit_now()
 
 
