@@ -79,6 +79,15 @@ def group() -> Iterator[execpool.Group]:
     g.terminate(timeout=5)
 
 
+@pytest.fixture
+def cleanup() -> Iterator[list[execpool.Pool]]:
+    """Pools a test hands in here are terminated at its end, whatever happened."""
+    pools: list[execpool.Pool] = []
+    yield pools
+    for pool in pools:
+        pool.terminate()
+
+
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """A real OpenSSH server on 127.0.0.2-4 (aliases host-a, host-b, host-c), one per test process."""

@@ -22,15 +22,6 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 HANG_GUARD = 60  # seconds for any single wait on a result: a hang guard, not a timing assertion
 
 
-@pytest.fixture
-def cleanup() -> Iterator[list[execpool.Pool]]:
-    """Pools a test hands in here are terminated at its end, whatever happened."""
-    pools: list[execpool.Pool] = []
-    yield pools
-    for pool in pools:
-        pool.terminate()
-
-
 def ready_pids(pool: execpool.Pool, n: int) -> list[int]:
     """Wait until ``n`` workers are ready; return the pids of the pool's gateways."""
     assert wait_until(lambda: sum(s.state == "ready" for s in pool.stats()) >= n, timeout=HANG_GUARD), pool.stats()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,9 +63,9 @@ def test_a_stream_kept_past_the_with_block_says_where_its_results_stop() -> None
     assert got == list(range(len(got)))  # every task pulled before the cut was delivered, in order
 
 
-def test_dropping_a_stream_ends_its_job(pool_factory: list[execpool.Pool]) -> None:
+def test_dropping_a_stream_ends_its_job(cleanup: list[execpool.Pool]) -> None:
     pool = execpool.Pool(2)
-    pool_factory.append(pool)
+    cleanup.append(pool)
     it = pool.imap_unordered(abs, itertools.count())
     next(it)
     del it
@@ -77,30 +76,22 @@ def test_dropping_a_stream_ends_its_job(pool_factory: list[execpool.Pool]) -> No
     assert time.monotonic() - t < 30
 
 
-def test_after_close_a_stream_of_known_length_runs_to_its_end(pool_factory: list[execpool.Pool]) -> None:
+def test_after_close_a_stream_of_known_length_runs_to_its_end(cleanup: list[execpool.Pool]) -> None:
     pool = execpool.Pool(2)
-    pool_factory.append(pool)
+    cleanup.append(pool)
     it = pool.imap(abs, range(30_000))
     pool.close()
     pool.join(60)  # as in multiprocessing: its results wait for the consumer
     assert list(it) == list(range(30_000))
 
 
-def test_after_close_a_stream_of_unknown_length_follows_its_consumer(pool_factory: list[execpool.Pool]) -> None:
+def test_after_close_a_stream_of_unknown_length_follows_its_consumer(cleanup: list[execpool.Pool]) -> None:
     pool = execpool.Pool(2)
-    pool_factory.append(pool)
+    cleanup.append(pool)
     it = pool.imap(abs, iter(range(30_000)))
     pool.close()
     assert list(it) == list(range(30_000))
     pool.join(30)
-
-
-@pytest.fixture
-def pool_factory() -> Iterator[list[execpool.Pool]]:
-    pools: list[execpool.Pool] = []
-    yield pools
-    for p in pools:
-        p.terminate()
 
 
 def test_an_executor_shut_down_with_an_endless_map_unread_returns() -> None:
