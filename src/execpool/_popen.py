@@ -200,7 +200,7 @@ class PopenTransport(StderrRelay):
         proc = self.proc
         if proc is None:
             return None
-        if proc.returncode is None:
+        if proc.returncode is None and _CAN_WAIT_UNREAPED:
             if not _exited(proc.pid, timeout):
                 return None
             self._kill_group()
@@ -249,6 +249,11 @@ def describe_status(status: int | None) -> str:
         except ValueError:
             return "killed by signal %d" % -status
     return "exit status %d" % status
+
+
+#: os.waitid (waiting without reaping) is missing on macOS: there, what a worker left behind is
+#: only ended when the worker is killed, not after it exited by itself.
+_CAN_WAIT_UNREAPED = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
 def _exited(pid: int, timeout: float | None) -> bool:
