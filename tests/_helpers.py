@@ -6,6 +6,7 @@ A plain module: tests import from here (``from _helpers import wait_until``), ne
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -67,3 +68,13 @@ def start_master_script(source: str, tmp_path: Path, env: dict[str, str] | None 
         env=full_env,
         cwd=tmp_path,
     )
+
+
+def stop_serve_process(proc: subprocess.Popen[bytes]) -> None:
+    """End an ``execpool serve`` process the way Ctrl-C does, killing it if it lingers."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import execpool
-from _helpers import process_gone, wait_until
+from _helpers import process_gone, stop_serve_process, wait_until
 from execpool._server import MAC, MAGIC, NONCE, recv_exact
 
 TOKEN = "t0ken-for-the-hostile-tests-0123456789"
@@ -74,12 +73,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
 
     yield start
     for s in started:
-        s.proc.send_signal(signal.SIGINT)
-        try:
-            s.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            s.proc.kill()
-            s.proc.wait()
+        stop_serve_process(s.proc)
 
 
 def _idle_connections(s: Serve, count: int, addresses: int = 1, first: int = 2) -> list[socket.socket]:

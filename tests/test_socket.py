@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import execpool
-from _helpers import process_gone, wait_until
+from _helpers import process_gone, stop_serve_process, wait_until
 from execpool._server import MAC, MAGIC, NONCE, client_mac, recv_exact
 
 TOKEN = "t0ken-for-the-tests-0123456789abcdef"
@@ -62,12 +62,7 @@ def start_server(tmp_path: Path, *extra: str, env_token: str | None = TOKEN) -> 
 
 
 def stop_server(served: Served) -> None:
-    served.proc.send_signal(signal.SIGINT)
-    try:
-        served.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        served.proc.wait()
+    stop_serve_process(served.proc)
 
 
 @pytest.fixture
