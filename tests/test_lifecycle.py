@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
+import execpool
 from _helpers import process_gone, run_master_script, start_master_script, wait_until
 
 STUCK = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); channel.send(1)\\nwhile True: pass"
@@ -171,10 +173,6 @@ channel.send(child.pid)
 
 
 def test_processes_the_worker_started_end_with_it_and_do_not_delay_its_exit() -> None:
-    import time
-
-    import execpool
-
     group = execpool.Group()
     try:
         gw = group.makegateway("popen")
@@ -189,8 +187,6 @@ def test_processes_the_worker_started_end_with_it_and_do_not_delay_its_exit() ->
 
 
 def test_a_daemon_in_a_session_of_its_own_is_left_running() -> None:
-    import execpool
-
     group = execpool.Group()
     try:
         gw = group.makegateway("popen")
