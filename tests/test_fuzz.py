@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import gc
 import importlib.util
+import io
 import itertools
 import os
 import pickle
@@ -1140,16 +1141,34 @@ def send_raw(writer: execpool.Channel, garbage: bytes, then_eof: bool) -> None:
 
 
 _END = "END"
+
+
+def _channel_reference(cid: int) -> bytes:
+    """Channel data holding a reference to channel ``cid``, as dumps() writes one."""
+
+    class Referring(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            return ("ch", cid) if obj is _END else None
+
+    out = io.BytesIO()
+    Referring(out, 5).dump(["look", _END])
+    return out.getvalue()
+
+
 _SURVIVING_TYPES = (DATA, CLOSE, CLOSE_ERROR)  # what a worker may send; EXEC, STATUS, TERMINATE, HELLO: error
 
 
-def expected_end(stream: bytes, cap: int) -> str:
+def expected_end(stream: bytes, cap: int, next_id: int = 1) -> str:
     """How the master must describe the end of a connection whose worker wrote ``stream``
-    and then closed it (the start of ``Gateway._lost``)."""
+    and then closed it (the start of ``Gateway._lost``).  The master has opened the odd
+    channel ids below ``next_id``; a frame naming an odd id it never opened ends the
+    connection."""
     frames, end, pos = reference_decode(stream, cap)
     for mtype, channel, _ in frames:
         if mtype not in _SURVIVING_TYPES:
             return "protocol error: unexpected %s frame on channel %d" % (type_name(mtype), channel)
+        if channel % 2 and channel >= next_id:
+            return "protocol error: the peer named channel %d on " % channel
     if end == "error":
         return "protocol error: received a"
     if end == "partial":
@@ -1199,11 +1218,12 @@ def spoil_a_gateway(
     spec: str,
     make_garbage: Callable[[set[int]], bytes],
     then_eof: bool,
-    expect: str,
+    expect: str | Callable[[], str],
     max_peak: int = 32 * MIB,
 ) -> None:
     """Start a gateway, open channels of every kind, make the worker write garbage to its
-    protocol stream, and check how the connection ends."""
+    protocol stream, and check how the connection ends (``expect``: the start of the
+    reason, or a function called once the garbage is made that returns it)."""
     group = execpool.Group()
     try:
         gw = group.makegateway(spec)
@@ -1219,6 +1239,8 @@ def spoil_a_gateway(
             send_raw(writer, garbage, then_eof)
             gw.join(timeout=30)  # hang guard: TimeoutError if the master never ends the connection
         assert not gw.alive
+        if callable(expect):
+            expect = expect()
         assert gw._lost is not None and gw._lost.startswith(expect), gw._lost
         reader = gw._reader
         assert reader is not None and wait_until(lambda: not reader.is_alive(), timeout=10)
@@ -1260,12 +1282,15 @@ def test_fuzz_a_worker_writing_random_garbage_loses_its_connection_cleanly(long_
     cap = CAP
 
     def check_garbage(raw: bytes, then_eof: bool) -> None:
-        def make(ours: set[int]) -> bytes:
-            return defuse(raw if then_eof else force_protocol_error(raw, cap), cap, ours)
+        made: list[str] = []
 
-        # the ending depends only on the layout of the garbage, which defuse() keeps
-        stream = raw if then_eof else force_protocol_error(raw, cap)
-        spoil_a_gateway("popen//max_frame=64K", make, then_eof, expected_end(stream, cap))
+        def make(ours: set[int]) -> bytes:
+            stream = defuse(raw if then_eof else force_protocol_error(raw, cap), cap, ours)
+            # the writer's channel is the last one the master opened
+            made.append(expected_end(stream, cap, next_id=max(ours) + 2))
+            return stream
+
+        spoil_a_gateway("popen//max_frame=64K", make, then_eof, lambda: made[0])
 
     fuzz(long_run, 5, 200, st.tuples(_garbage, st.booleans()), check_garbage)
 
@@ -1314,7 +1339,28 @@ def test_fuzz_a_worker_writing_random_garbage_loses_its_connection_cleanly(long_
             "the connection ended in the middle",
             24,
         ),
-        ("popen", encode(DATA, 2**31 + 1, dumps(1)), True, "the other side closed the connection", 16),
+        (
+            "popen",
+            encode(DATA, 2**31 + 1, dumps(1)),
+            True,
+            "protocol error: the peer named channel 2147483649 on gw0, an id of this side that was never opened",
+            16,
+        ),
+        (
+            "popen",
+            encode(CLOSE_ERROR, 2**31 - 1, b"boom"),
+            False,
+            "protocol error: the peer named channel 2147483647 on gw0, an id of this side that was never opened",
+            16,
+        ),
+        (
+            "popen",
+            encode(DATA, 2, _channel_reference(2**30 + 1)),
+            False,
+            "protocol error: the peer named channel 1073741825 on gw0, an id of this side that was never opened",
+            16,
+        ),
+        ("popen", encode(DATA, 2**31, dumps(1)), True, "the other side closed the connection", 16),
     ],
     ids=[
         "4GiB-header",
@@ -1328,6 +1374,9 @@ def test_fuzz_a_worker_writing_random_garbage_loses_its_connection_cleanly(long_
         "truncated-frame-then-EOF",
         "truncated-large-frame-then-EOF",
         "frame-at-the-cap-then-EOF",
+        "never-opened-channel-then-EOF",
+        "close-of-a-never-opened-channel",
+        "reference-to-a-never-opened-channel",
         "valid-frame-then-EOF",
     ],
 )
@@ -1340,16 +1389,24 @@ def test_a_worker_writing_nasty_bytes_loses_its_connection_cleanly(
 
 
 def test_valid_frames_for_unknown_channels_leave_the_connection_usable() -> None:
-    # A worker may name a channel first (its own ids are even); frames for ids the master never
-    # allocated (odd) belong to channels that are finished.  Neither is a protocol error.
-    unknown = [9, 2**31 + 1, U32, 2, 0, 2**32 - 2]
-    garbage = b"".join(encode(DATA, cid, dumps(["stray", cid])) for cid in unknown)
-    garbage += encode(CLOSE, 11, b"") + encode(CLOSE, 4, b"") + encode(CLOSE_ERROR, 13, b"boom")
-    garbage += encode(CLOSE_ERROR, 6, b"\xff\xfe not utf-8") + encode(DATA, 15, b"\x80\x05 not a pickle")
+    # A worker may name a channel first (its own ids are even); late frames for channels the
+    # master opened and that are finished (odd ids) are dropped.  Neither is a protocol error.
     group = execpool.Group()
     try:
         gw = group.makegateway("popen")
         pid = gw.remote_info().pid
+        finished = []
+        for _ in range(5):
+            done = gw.remote_exec("pass")
+            done.waitclose(timeout=10)
+            finished.append(done.id)
+        unknown = [finished[0], finished[1], 2, 0, 2**32 - 2]
+        garbage = b"".join(encode(DATA, cid, dumps(["stray", cid])) for cid in unknown)
+        # (a CLOSE for an even id would be answered, and the worker, which never opened it, would
+        # rightly end the connection: test_a_close_for_a_channel_never_opened_ends_the_connection)
+        garbage += encode(CLOSE, finished[2], b"") + encode(CLOSE_ERROR, finished[3], b"boom")
+        garbage += encode(CLOSE_ERROR, finished[1], b"\xff\xfe not utf-8")
+        garbage += encode(DATA, finished[4], b"\x80\x05 not a pickle")
         waiting = gw.remote_exec("channel.send(channel.receive() + 1)")
         delivered: list[Any] = []
         with_callback = gw.remote_exec("channel.send(channel.receive() * 2)")
@@ -1366,6 +1423,23 @@ def test_valid_frames_for_unknown_channels_leave_the_connection_usable() -> None
         assert gw.remote_exec("channel.send('still here')").receive(timeout=10) == "still here"
         assert peak[0] < 16 * MIB
         gw.exit(timeout=10)
+        assert wait_until(lambda: process_gone(pid), timeout=20)
+    finally:
+        group.terminate(timeout=10)
+
+
+@pytest.mark.parametrize("mtype", [CLOSE, CLOSE_ERROR, DATA])
+def test_a_close_for_a_channel_never_opened_ends_the_connection(mtype: int) -> None:
+    # The worker's side of the rule: a master naming an even id the worker never opened breaks
+    # the protocol; the worker ends that connection (and exits) instead of keeping state for it.
+    group = execpool.Group()
+    try:
+        gw = group.makegateway("popen")
+        pid = gw.remote_info().pid
+        payload = dumps("stray") if mtype == DATA else b"boom" if mtype == CLOSE_ERROR else b""
+        gw._send(mtype, 2**20, payload)
+        gw.join(timeout=20)  # hang guard: TimeoutError if the worker kept the connection
+        assert not gw.alive
         assert wait_until(lambda: process_gone(pid), timeout=20)
     finally:
         group.terminate(timeout=10)

@@ -340,12 +340,28 @@ _outcome(lambda: gw._dispatch(DATA, 2, data))
 
 def test_frames_for_ids_of_this_sides_parity_keep_no_state():
     from execpool._shipped.connection import BaseGateway
-    from execpool._shipped.frames import DATA
+    from execpool._shipped.errors import ProtocolError
+    from execpool._shipped.frames import CLOSE, DATA
     from execpool._shipped.serial import dumps
 
+    class Sink:  # the replies this side sends go nowhere
+        def write(self, header: bytes, payload: bytes) -> None:
+            pass
+
     gw = BaseGateway("hostile", 1 << 20)
-    for cid in range(1, 20001, 2):  # the master's parity: finished or never opened, dropped
-        gw._dispatch(DATA, cid, dumps(1))
+    gw._io = Sink()
+    opened = [gw.newchannel() for _ in range(10000)]
+    for ch in opened:  # finished at both ends: out of the table
+        gw._on_close_frame(ch.id, None)
+    assert gw._numchannels() == 0
+    for ch in opened:  # late frames for finished channels of this side: dropped, no state kept
+        gw._dispatch(DATA, ch.id, dumps(1))
+        gw._dispatch(CLOSE, ch.id, b"")
+    assert gw._numchannels() == 0
+    for cid in (opened[-1].id + 2, 2**31 - 1, 2**32 - 1):  # never opened: the connection ends
+        for mtype in (DATA, CLOSE):
+            with pytest.raises(ProtocolError, match="channel %d on hostile, an id of this side that was never" % cid):
+                gw._dispatch(mtype, cid, dumps(1) if mtype == DATA else b"")
     assert gw._numchannels() == 0
 
 
@@ -453,3 +469,53 @@ def test_a_large_bytes_value_of_dict_opcode_bytes_stays_on_the_c_unpickler(monke
     blob = b"}d\x8f\x91" * (1 << 18)
     assert loads(serial.dumps(blob)) == blob
     assert loads(serial.dumps(blob.decode("latin-1"))) == blob.decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("data", "offset", "reason"),
+    [
+        (b"", 0, "EOFError"),
+        (b"\x80\x05K", 2, "truncated"),
+        (b"\x80\x05K\x01K\x02s.", 6, "stack underflow"),  # SETITEM with nothing to set into
+        (b"\x80\x05\x8c\x02os\x8c\x06system\x93.", 14, "refused to load os.system"),
+        (b"\x80\x05K\x01\x89\x00.", 5, "invalid load key"),  # an unknown opcode byte
+    ],
+    ids=["empty", "truncated", "stack-underflow", "global", "unknown-opcode"],
+)
+def test_load_errors_name_the_offset_of_the_failing_opcode(data, offset, reason):
+    from execpool import DataFormatError, loads
+
+    with pytest.raises(DataFormatError) as info:
+        loads(data)
+    text = str(info.value)
+    assert "at byte %d of %d" % (offset, len(data)) in text, text
+    assert reason in text, text
+
+
+def test_load_errors_in_a_framed_message_name_the_offset_inside_the_frame():
+    import pickletools
+
+    from execpool import DataFormatError, dumps, loads
+
+    good = dumps(["x" * 100, list(range(50)), "y"])
+    assert good[2:3] == b"\x95"  # protocol 5 writes a FRAME: the loader reads it in one piece
+    ops = [pos for _, _, pos in pickletools.genops(good)]
+    broken = good[: ops[-2]] + b"s" + good[ops[-2] + 1 :]  # APPENDS -> SETITEM: a stack underflow
+    with pytest.raises(DataFormatError) as info:
+        loads(broken)
+    assert "at byte %d of %d" % (ops[-2], len(broken)) in str(info.value), str(info.value)
+
+
+def test_the_error_text_of_a_closing_channel_is_bounded():
+    from execpool._shipped.connection import MAX_ERROR_TEXT, BaseGateway
+    from execpool._shipped.frames import CLOSE_ERROR
+
+    gw = BaseGateway("hostile", 64 << 20)
+    ch = gw.newchannel()
+    ch._closed = True  # closed here already: no reply is sent
+    text = b"Traceback (most recent call last):\n" + b"x" * (8 << 20) + b"\nValueError: the end"
+    gw._dispatch(CLOSE_ERROR, ch.id, text)
+    error = ch._remote_error
+    assert error is not None and len(error) < MAX_ERROR_TEXT + 100, len(error or "")
+    assert error.startswith("Traceback") and error.endswith("ValueError: the end"), error[-50:]
+    assert "bytes of the remote error left out" in error

@@ -103,6 +103,18 @@ def _closed_at_once(c: socket.socket) -> bool:
         return False
 
 
+def _still_pending(c: socket.socket) -> bool:
+    """True if the server still holds ``c`` (greeted, not closed); reads nothing it keeps."""
+    c.settimeout(0.2)
+    try:
+        while True:
+            data = c.recv(64)
+            if not data:
+                return False
+    except (ConnectionResetError, OSError) as exc:
+        return isinstance(exc, TimeoutError) or isinstance(exc, socket.timeout)
+
+
 def _echo_works(ch: execpool.Channel, n: int = 3) -> bool:
     for i in range(n):
         ch.send(i)
@@ -143,15 +155,41 @@ def test_pending_handshakes_are_capped_globally_and_per_address(
     one_address = _idle_connections(s, 10)  # 4 may wait, 6 are closed at once
     greeted = [c for c in one_address if not _closed_at_once(c)]
     assert len(greeted) == 4
-    many = _idle_connections(s, 40, addresses=10, first=3)  # 8 more fit under the global cap of 12
-    greeted_many = [c for c in many if not _closed_at_once(c)]
-    assert len(greeted_many) == 8
+    # 40 more from 10 addresses: each is greeted, and once 12 are pending each new one takes the
+    # place of the oldest handshake of the address that holds the most
+    many = _idle_connections(s, 40, addresses=10, first=3)
+    assert not any(_closed_at_once(c) for c in many)
+    assert wait_until(lambda: sum(_still_pending(c) for c in greeted + many) == 12, timeout=10)
+    # the busiest address loses first: of 127.0.0.2's four, at most one (the last, once every
+    # address holds about as many) is left
+    assert sum(_still_pending(c) for c in greeted) <= 1, "the busiest address's handshakes were not closed first"
     assert _echo_works(echo), "the authenticated client's channel stopped during the flood"
     for c in one_address + many:
         c.close()
-    assert wait_until(lambda: "too many pending handshakes" in s.log_text(), timeout=10)
-    assert s.log_text().count("too many pending handshakes") <= 3, "the refusals are not rate-limited"
+    assert wait_until(lambda: "too many pending handshakes from one address" in s.log_text(), timeout=10)
+    assert wait_until(lambda: "closed the oldest pending handshake of the busiest" in s.log_text(), timeout=10)
+    assert s.log_text().count("too many pending handshakes") <= 6, "the log lines are not rate-limited"
     assert group.makegateway(s.spec).remote_exec("channel.send(1)").receive(20) == 1  # freed again
+
+
+@pytest.mark.timeout(60)
+def test_a_full_handshake_table_still_lets_a_legitimate_client_in(
+    serve: Callable[..., Serve], group: execpool.Group
+) -> None:
+    # 12 idle connections from three addresses fill the table for the next 30 s; before, every
+    # new client was refused until they timed out
+    s = serve("--max-pending", "12", "--max-pending-per-address", "4", "--handshake-timeout", "30")
+    idle = _idle_connections(s, 12, addresses=3)
+    try:
+        assert not any(_closed_at_once(c) for c in idle)
+        started = time.monotonic()
+        gw = group.makegateway(s.spec)
+        assert gw.remote_exec("channel.send(5)").receive(20) == 5
+        assert time.monotonic() - started < 10
+        assert sum(_still_pending(c) for c in idle) == 11  # one made room, the rest still wait
+    finally:
+        for c in idle:
+            c.close()
 
 
 @pytest.mark.timeout(60)

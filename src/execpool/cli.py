@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--handshake-timeout", type=float, default=10.0, help="seconds a client has to authenticate (default 10)"
     )
     serve.add_argument(
-        "--max-pending", type=int, default=64, help="unauthenticated connections at once; more are closed (default 64)"
+        "--max-pending",
+        type=int,
+        default=64,
+        help="unauthenticated connections at once; when full, the busiest address's oldest is closed (default 64)",
     )
     serve.add_argument(
         "--max-pending-per-address",

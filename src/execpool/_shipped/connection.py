@@ -16,8 +16,9 @@ never collide; an id of the peer's parity first seen in an incoming frame
 creates the channel, up to ``max_channels`` open channels the peer opened
 (``EXECPOOL_MAX_CHANNELS``, default 1024): one beyond that cap is a protocol
 error that ends the connection.  An id of this side's parity that is not in the
-table is a finished channel: what arrives for it is dropped, and no state is
-kept for it.
+table is a finished channel if this side opened it once (what arrives for it is
+late data: dropped, and no state is kept for it) and a protocol error that ends
+the connection if this side never opened it.
 
 An ``io`` object moves bytes and nothing else: ``read(n)`` (``b""`` at EOF),
 ``write(header, payload)``, ``close_write()``, ``close()``.  :class:`FdIO`
@@ -49,6 +50,24 @@ _SMALL = 64 * 1024
 _F_SETPIPE_SZ = 1031  # Linux fcntl command
 #: Channels the peer may have open at once on one connection (``EXECPOOL_MAX_CHANNELS``).
 DEFAULT_MAX_CHANNELS = 1024
+
+
+#: Most bytes of a peer's error text (a remote traceback) kept when a channel closes with one.
+MAX_ERROR_TEXT = 256 * 1024
+
+
+def _error_text(payload: bytes) -> str:
+    """The text of a CLOSE_ERROR frame, cut to ``MAX_ERROR_TEXT`` bytes (its tail kept: the
+    end of a traceback names the exception)."""
+    if len(payload) <= MAX_ERROR_TEXT:
+        return bytes(payload).decode("utf-8", "replace")
+    half = MAX_ERROR_TEXT // 2
+    cut = len(payload) - 2 * half
+    return "%s\n[... %d bytes of the remote error left out ...]\n%s" % (
+        bytes(payload[:half]).decode("utf-8", "replace"),
+        cut,
+        bytes(payload[-half:]).decode("utf-8", "replace"),
+    )
 
 
 def default_max_channels() -> int:
@@ -176,6 +195,8 @@ class BaseGateway:
                             "limit: raise it with EXECPOOL_MAX_CHANNELS on this side, or the gateway's "
                             "max_channels attribute)" % (self.max_channels, self.id)
                         )
+                elif not peers and self._lost is None and not self._first_channel_id <= cid < self._next_id:
+                    raise ProtocolError(self._never_opened(cid))
                 ch = Channel(self, cid)
                 if self._lost is None and peers:
                     self._channels[cid] = ch  # a peer-allocated id seen for the first time
@@ -183,6 +204,13 @@ class BaseGateway:
                     ch._closed = ch._remote_closed = True  # one of ours that is already finished
                     ch._done.set()
         return ch
+
+    def _never_opened(self, cid: int) -> str:
+        return (
+            "the peer named channel %d on %s, an id of this side that was never opened (this side has "
+            "opened %d channels): a peer may only use channels that exist or open its own"
+            % (cid, self.id, (self._next_id - self._first_channel_id) // 2)
+        )
 
     def _channel_id(self, ch: Channel) -> int:
         if ch.gateway is not self:
@@ -327,7 +355,7 @@ class BaseGateway:
             else:
                 ch._deliver(item)
         elif mtype == CLOSE or mtype == CLOSE_ERROR:
-            error = payload.decode("utf-8", "replace") if mtype == CLOSE_ERROR else None
+            error = _error_text(payload) if mtype == CLOSE_ERROR else None
             self._on_close_frame(cid, error)
         else:
             if _trace.enabled():
@@ -341,6 +369,8 @@ class BaseGateway:
             if (cid - self._first_channel_id) % 2 != 0:
                 # The peer closed a channel of its own that never carried data here: answer once.
                 self._send_quietly(CLOSE, cid)
+            elif self._lost is None and not self._first_channel_id <= cid < self._next_id:
+                raise ProtocolError(self._never_opened(cid))
             return
         reply = ch._on_remote_close(error)
         with self._chan_lock:

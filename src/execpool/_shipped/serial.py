@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - non-CPython
     import pickle as _cpickle  # type: ignore[no-redef]
 
-from .errors import DataFormatError, DumpError
+from .errors import DataFormatError, DumpError, ProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -196,6 +196,8 @@ def describe(value: object) -> str:
 def _error_text(exc: BaseException) -> str:
     """``exc`` as "Type: message", cut to a bounded length (messages can quote peer data)."""
     text = str(exc)
+    if not text:
+        return type(exc).__name__
     if len(text) > _ERROR_TEXT_MAX:
         text = text[:_ERROR_TEXT_MAX] + "... (%d characters)" % len(text)
     return "%s: %s" % (type(exc).__name__, text)
@@ -293,21 +295,25 @@ def loads(
         marks = data.translate(None, _NOT_CONTAINER_OPS)
         check_depth = len(marks) >= depth
         guarded = n > _SMALL and bool(marks.translate(None, _NOT_HASHING_OPS))
+    collisions = _module_max_collisions() if max_collisions is None else max_collisions
     try:
         if guarded:
             g = _guarded_unpickler()(io.BytesIO(data))
             g.channel_for_id = channel_for_id
-            g.setup(depth, _module_max_collisions() if max_collisions is None else max_collisions, n)
+            g.setup(depth, collisions, n)
             value = g.load()
         else:
             u = _Unpickler(io.BytesIO(data))
             if channel_for_id is not None:
                 u.channel_for_id = channel_for_id
             value = u.load()
-    except DataFormatError:
-        raise
+    except ProtocolError:
+        raise  # a channel id the peer may not use: the connection's business, not the data's
+    except DataFormatError as exc:
+        raise DataFormatError("%s (%s)" % (exc, _where_it_failed(data, depth, collisions))) from None
     except Exception as exc:  # UnpicklingError, EOFError, TypeError, MemoryError, ...
-        raise DataFormatError("malformed channel data (%s)" % _error_text(exc)) from None
+        where = _where_it_failed(data, depth, collisions)
+        raise DataFormatError("malformed channel data (%s, %s)" % (where, _error_text(exc))) from None
     if check_depth and _deeper_than(value, depth, _CONTAINER_TYPES, {}):
         raise DataFormatError(_too_deep_message(depth))
     # READONLY_BUFFER turns a bytes-like value into a memoryview without asking find_class;
@@ -352,6 +358,51 @@ def _few_opcodes(data: bytes) -> Any:
             size = int.from_bytes(data[pos : pos - size], "little") - size
         pos += size
     return None
+
+
+def _where_it_failed(data: bytes, depth: int, collisions: int) -> str:
+    """Where loading ``data`` fails: "at byte N of M", the offset of the opcode that fails
+    when the data is loaded again, opcode by opcode, with the pure-Python loader.  Only
+    called on the error path (a second load of a refused message costs no more than the
+    first under the same bounds)."""
+    g = _guarded_unpickler()(io.BytesIO(data))
+    g.setup(depth, collisions, len(data))
+    g.channel_for_id = lambda cid: None  # no channel is made twice
+    g.dispatch = _Tracked(g, {key: _tracking(op) for key, op in g.dispatch.items()})
+    g.at = 0
+    try:
+        g.load()
+    except Exception:
+        return "at byte %d of %d" % (g.at, len(data))
+    return "in %d bytes" % len(data)  # only the C loader refused it
+
+
+class _Tracked(dict):  # type: ignore[type-arg]
+    """The tracking loader's opcode table: an opcode it lacks fails at its own offset."""
+
+    def __init__(self, loader: Any, table: Dict[int, Any]) -> None:
+        super().__init__(table)
+        self.loader = loader
+
+    def __missing__(self, key: int) -> Any:
+        _position(self.loader)
+        raise KeyError(key)
+
+
+def _position(self: Any) -> None:
+    frame = self._unframer.current_frame
+    outer = self._unframer.file_read.__self__.tell()
+    if frame is not None:
+        outer += frame.tell() - len(frame.getbuffer())
+    self.at = outer - 1  # the opcode's own byte has been read
+
+
+def _tracking(op: Any) -> Any:
+    def tracked(self: Any) -> None:
+        _position(self)
+        op(self)
+
+    return tracked
 
 
 def _module_max_depth() -> int:

@@ -96,9 +96,10 @@ class Server:
     One thread (:meth:`serve_forever`) accepts and runs every handshake, non-blocking, with
     one deadline per connection; only an authenticated connection gets a worker (a thread and
     an interpreter, or with ``fork`` a forked child).  Limits: at most ``max_pending``
-    unauthenticated connections, ``max_pending_per_address`` from one address (more are closed
-    at once); when the process runs out of file descriptors it stops accepting for a while
-    and keeps serving the workers it has.
+    unauthenticated connections (when full, a new one takes the place of the oldest pending
+    handshake of the address holding the most), ``max_pending_per_address`` from one address
+    (more are closed at once); when the process runs out of file descriptors it stops
+    accepting for a while and keeps serving the workers it has.
     """
 
     def __init__(
@@ -136,7 +137,8 @@ class Server:
         self._pending: Dict[Any, _Pending] = {}
         self._per_address: Dict[str, int] = {}
         self._sel: Any = None
-        self._refused = 0  # connections closed at once (limits) since the last log line
+        self._refused = 0  # connections closed at once (per-address limit) since the last log line
+        self._evicted = 0  # pending handshakes closed to make room since the last log line
         self._last_note: Dict[str, float] = {}
 
     def serve_forever(self) -> None:
@@ -204,16 +206,27 @@ class Server:
                     return None
                 return "accept failed (%s)" % exc
             ip = str(addr[0])
-            if len(self._pending) >= self.max_pending or self._per_address.get(ip, 0) >= self.max_pending_per_address:
+            if self._per_address.get(ip, 0) >= self.max_pending_per_address:
                 conn.close()
                 self._refused += 1
                 self._note(
                     "cap",
-                    "closed %d connection(s) at once: too many pending handshakes (at most %d, %d per address; "
-                    "--max-pending, --max-pending-per-address)"
-                    % (self._refused, self.max_pending, self.max_pending_per_address),
+                    "closed %d connection(s) at once: too many pending handshakes from one address (at most "
+                    "%d; --max-pending-per-address)" % (self._refused, self.max_pending_per_address),
                 )
                 continue
+            if len(self._pending) >= self.max_pending:
+                # Full: make room by closing the oldest handshake of the address that holds the
+                # most, so that idle connections from a few addresses cannot lock everyone out
+                # until they time out (an honest handshake takes one round trip).
+                victim = max(self._pending.values(), key=lambda p: (self._per_address[p.ip], -p.deadline))
+                self._drop(victim)
+                self._evicted += 1
+                self._note(
+                    "full",
+                    "closed the oldest pending handshake of the busiest address %d time(s): too many pending "
+                    "handshakes (at most %d; --max-pending)" % (self._evicted, self.max_pending),
+                )
             self._start_handshake(conn, "%s:%d" % (ip, addr[1]), ip)
         return None
 
@@ -224,6 +237,8 @@ class Server:
             self._last_note[what] = now
             if what == "cap":
                 self._refused = 0
+            elif what == "full":
+                self._evicted = 0
             self.log("execpool serve: " + text)
 
     def _start_handshake(self, conn: Any, who: str, ip: str) -> None:

@@ -133,6 +133,8 @@ class WorkerGateway(BaseGateway):
         channel = self._channel_for_id(cid)
         try:
             source, call_name, kwargs, filename = loads(payload, self._channel_for_id)
+        except ProtocolError:
+            raise  # a channel id the master may not use: the connection ends
         except (DataFormatError, ValueError, TypeError) as exc:
             channel.close(error="execpool: the worker could not load the remote_exec request: %s" % exc)
             return
