@@ -519,3 +519,35 @@ def test_the_error_text_of_a_closing_channel_is_bounded():
     assert error is not None and len(error) < MAX_ERROR_TEXT + 100, len(error or "")
     assert error.startswith("Traceback") and error.endswith("ValueError: the end"), error[-50:]
     assert "bytes of the remote error left out" in error
+
+
+def test_a_worker_loads_its_masters_data_unguarded_and_the_master_guards_the_workers():
+    # The master runs code on its worker at will, so the worker loads what the master sends at
+    # C speed, without the nesting and collision bounds; the master keeps them for what the
+    # worker sends.  200 int keys of one hash value: over the bound of 64, cheap to build.
+    import execpool
+    from execpool import DataFormatError
+
+    keys = {(2**61 - 1) * i: i for i in range(1, 201)}
+    group = execpool.Group()
+    try:
+        gw = group.makegateway("popen")
+        ch = gw.remote_exec(_ECHO_UNGUARDED)
+        ch.send(keys)
+        assert ch.receive(timeout=20) == 200
+        assert ch.receive(timeout=20) is True
+        with pytest.raises(DataFormatError, match="share a hash value"):
+            ch.receive(timeout=20)
+    finally:
+        group.terminate(timeout=10)
+
+
+_ECHO_UNGUARDED = """
+import sys
+# the worker-side package (_execpool); its guarded loader class is built on first use only
+serial = sys.modules[type(channel).__module__.rsplit(".", 1)[0] + ".serial"]
+d = channel.receive()
+channel.send(len(d))
+channel.send(serial._guarded_class is None)
+channel.send(d)
+"""

@@ -150,6 +150,9 @@ class BaseGateway:
     """The shared half of a gateway: see the module docstring for the data flow."""
 
     _first_channel_id = 1
+    #: Load the peer's data under the nesting and hash-collision bounds (a worker does not:
+    #: its master runs code there anyway).
+    _guard_loads = True
 
     def __init__(self, id: str, max_frame: int) -> None:
         self.id = id
@@ -346,7 +349,7 @@ class BaseGateway:
         if mtype == DATA:
             ch = self._channels.get(cid) or self._channel_for_id(cid)
             try:
-                item = loads(payload, self._channel_for_id)
+                item = loads(payload, self._channel_for_id, guard=self._guard_loads)
             except ProtocolError:
                 raise  # a channel id the peer may not use: the connection ends
             except DataFormatError as exc:

@@ -264,6 +264,7 @@ def loads(
     channel_for_id: Callable[[int], Any] | None = None,
     max_depth: int | None = None,
     max_collisions: int | None = None,
+    guard: bool = True,
 ) -> Any:
     """Load bytes made by :func:`dumps`; raise :class:`DataFormatError` for anything else.
 
@@ -273,7 +274,9 @@ def loads(
     ``max_depth`` containers, or a dict/set with more than ``max_collisions``
     keys of one hash value, is refused (defaults: the module's ``max_depth``
     and ``max_collisions``, from ``EXECPOOL_MAX_DEPTH`` and
-    ``EXECPOOL_MAX_HASH_COLLISIONS``).
+    ``EXECPOOL_MAX_HASH_COLLISIONS``).  ``guard=False`` skips those two bounds (never
+    the refusal of globals): for data from a peer that may run code here anyway, as a
+    worker's master does.
     """
     depth = _module_max_depth() if max_depth is None else max_depth
     if type(data) is not bytes:
@@ -283,12 +286,12 @@ def loads(
     n = len(data)
     guarded = check_depth = False
     few: Any = None
-    if n > _SMALL or n > depth:
+    if guard and (n > _SMALL or n > depth):
         few = _few_opcodes(data)
-    if few is not None:  # the whole stream, read exactly: a few opcodes around large values
-        check_depth = few[1] >= depth
-        guarded = n > _SMALL and few[0]
-    elif n > _SMALL or n > depth:
+        if few is not None:  # the whole stream, read exactly: a few opcodes around large values
+            check_depth = few[1] >= depth
+            guarded = n > _SMALL and few[0]
+    if guard and few is None and (n > _SMALL or n > depth):
         # C-speed over-estimates: each byte that could be a container opcode counted as one.
         # Without enough of them no value can nest ``depth`` deep; without a dict/set/frozenset
         # opcode byte nothing is hashed.  Either way the C unpickler runs unguarded.
