@@ -51,6 +51,7 @@ from hypothesis import strategies as st
 import execpool
 from _helpers import process_gone, wait_until
 from execpool import DataFormatError, GatewayLostError, ProtocolError, dumps, loads
+from execpool._shipped import loadcheck as _loadcheck
 from execpool._shipped import serial as _serial
 from execpool._shipped.connection import LARGE
 from execpool._shipped.frames import (
@@ -627,6 +628,7 @@ class Watched:
 
 _LOADER_FILES = {
     _serial.__file__,
+    _loadcheck.__file__,
     pickletools.__file__,
     pickle.__file__,
 }  # pickletools: loads' EXT check, when copyreg has a cache; pickle: the guarded loader of messages that may hash

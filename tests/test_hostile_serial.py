@@ -551,3 +551,121 @@ channel.send(len(d))
 channel.send(serial._guarded_class is None)
 channel.send(d)
 """
+
+
+# -- which loader runs: the exact opcode scan --------------------------------------------------
+
+
+def _no_guarded_loader(monkeypatch):
+    from execpool._shipped import serial
+
+    def refuse() -> None:
+        raise AssertionError("the guarded loader ran")
+
+    monkeypatch.setattr(serial, "_guarded_unpickler", refuse)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["dd}}" + "d" * i for i in range(300)],  # dict opcode bytes in strings, no dict
+        {"word%d" % i: i for i in range(2000)},  # str keys: hashes keyed at random per process
+        [{"a": i, "b": str(i), "c": [i, float(i)], "d": "x" * 20} for i in range(30)],
+        [float(i) / 7 for i in range(5000)],  # floats, no dict: nothing is hashed
+    ],
+    ids=["dict-bytes-in-strings", "str-keys", "few-floats-in-dicts", "floats-without-dicts"],
+)
+def test_messages_whose_keys_cannot_collide_stay_on_the_c_unpickler(value, monkeypatch):
+    import os
+
+    from execpool._shipped import serial
+
+    if os.environ.get("PYTHONHASHSEED", "random") != "random":
+        pytest.skip("with PYTHONHASHSEED fixed, str keys can collide and take the guarded loader")
+    data = serial.dumps(value)
+    assert len(data) > serial._SMALL
+    _no_guarded_loader(monkeypatch)
+    assert serial.loads(data) == value
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        # 33 colliding keys, after a 20 kB string of letters that holds every opcode byte a
+        # byte count would see: the scan reads the string's length and skips it
+        'b"\\x80\\x05]\\x94(X" + (20000).to_bytes(4, "little") + b"dt}G" * 5000'
+        ' + b"}(" + colliding_ints(33, b"N") + b"ue."',
+        # the same keys inside a FRAME, which the scan reads as the C unpickler does
+        'b"\\x80\\x05\\x95" + (2000).to_bytes(8, "little") + b"}(" + colliding_ints(100, b"N") + b"u."',
+    ],
+    ids=["after-a-long-string", "inside-a-frame"],
+)
+def test_colliding_keys_the_byte_count_cannot_see_are_still_guarded(build):
+    result = run_child(
+        _BUILDERS
+        + """
+from execpool._shipped.serial import loads
+data = %s
+_outcome(lambda: loads(data, max_collisions=20))
+"""
+        % build
+    )
+    assert_refused(result, "share a hash value")
+
+
+def test_the_c_unpickler_worst_case_under_the_capable_key_bound_is_linear():
+    # 32 colliding keys (the most a message may hold and keep C speed), then 1 MB of
+    # re-insertions of them through the memo: each probes the whole chain of 32
+    result = run_child(
+        _BUILDERS
+        + """
+from execpool._shipped import loadcheck, serial
+K = loadcheck.CAPABLE_MAX
+keys = b"".join(b"\\x8a\\x0c" + (i * P).to_bytes(12, "little", signed=True) + b"\\x94N" for i in range(1, K + 1))
+head = b"\\x80\\x05}(" + keys + b"u"
+again = b"(" + b"".join(b"h" + bytes([i]) + b"N" for i in range(K)) + b"u"
+data = head + again * (1000000 // len(again)) + b"."
+assert len(data) > 990000
+_outcome(lambda: len(serial.loads(data)))
+"""
+    )
+    assert result["error"] is None and result["value"] == "32", result
+    assert result["cpu"] < 2.0, result
+
+
+from hypothesis import HealthCheck  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=30)
+        | st.binary(max_size=300),
+        lambda inner: (
+            st.lists(inner, max_size=6)
+            | st.tuples(inner, inner)
+            | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=5)
+            | st.frozensets(st.integers(), max_size=4)
+        ),
+        max_leaves=60,
+    )
+)
+def test_the_scan_reads_the_opcodes_pickletools_reads(value):
+    import pickletools
+
+    from execpool._shipped import loadcheck, serial
+
+    data = serial.dumps(value)
+    ops = bytes(op.code.encode("latin-1")[0] for op, _, _ in pickletools.genops(data))
+    got = loadcheck.scan(data, None)
+    if len(ops) > 255 and got is not None and got[1] > loadcheck.CAPABLE_MAX and got[0]:
+        assert got[2] >= sum(op in loadcheck.CONTAINER_OPS for op in ops)  # stopped early: bounds
+        return
+    hashing = any(op in b"}d\x8f\x91" for op in ops)
+    capable = sum(op in loadcheck.CAPABLE_OPS for op in ops)
+    containers = sum(op in loadcheck.CONTAINER_OPS for op in ops)
+    assert got == (hashing, capable, containers, 0x98 in ops)

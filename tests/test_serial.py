@@ -1222,7 +1222,7 @@ import sys
 # load execpool's shipped modules the way a worker does: as a package of their own
 M = type(sys)
 pkg = M("_peer_execpool"); pkg.__path__ = []; sys.modules["_peer_execpool"] = pkg
-for name in ("errors", "serial"):
+for name in ("errors", "loadcheck", "serial"):
     m = M("_peer_execpool." + name); m.__package__ = "_peer_execpool"
     sys.modules[m.__name__] = m; setattr(pkg, name, m)
     exec(compile(open(SRC + "/" + name + ".py").read(), name, "exec"), m.__dict__)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copyreg
 import io
-import itertools
 
 try:
     import _pickle as _cpickle
@@ -39,6 +38,15 @@ except ImportError:  # pragma: no cover - non-CPython
     import pickle as _cpickle  # type: ignore[no-redef]
 
 from .errors import DataFormatError, DumpError, ProtocolError
+from .loadcheck import (
+    CONTAINER_TYPES,
+    TUPLE_ONLY,
+    deeper_than,
+    holds_memoryview,
+    needs_guard,
+    shallow_by_levels,
+    too_deep_message,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -249,14 +257,6 @@ _HASH_MOD = 2**61 - 1
 #: the collision bound), plus this much per byte of the message.
 _HASH_CPU_BASE = 0.1
 _HASH_CPU_PER_BYTE = 1e-6
-_ALL_BYTES = bytes(range(256))
-#: Bytes of the opcodes that make a container that can hold another: tuple, list, dict, set, frozenset.
-_CONTAINER_OPS = b"t\x85\x86\x87]l}d\x8f\x91"
-#: Of those, the opcodes that make a dict, a set or a frozenset: only they hash anything.
-_HASHING_OPS = b"}d\x8f\x91"
-_NOT_CONTAINER_OPS = bytes(b for b in _ALL_BYTES if b not in _CONTAINER_OPS)
-_NOT_HASHING_OPS = bytes(b for b in _ALL_BYTES if b not in _HASHING_OPS)
-_CONTAINER_TYPES = frozenset((tuple, list, dict, set, frozenset))
 
 
 def loads(
@@ -285,19 +285,10 @@ def loads(
         _check_no_extension_opcodes(data)
     n = len(data)
     guarded = check_depth = False
-    few: Any = None
+    readonly = True  # READONLY_BUFFER may occur (its byte is in the data)
     if guard and (n > _SMALL or n > depth):
-        few = _few_opcodes(data)
-        if few is not None:  # the whole stream, read exactly: a few opcodes around large values
-            check_depth = few[1] >= depth
-            guarded = n > _SMALL and few[0]
-    if guard and few is None and (n > _SMALL or n > depth):
-        # C-speed over-estimates: each byte that could be a container opcode counted as one.
-        # Without enough of them no value can nest ``depth`` deep; without a dict/set/frozenset
-        # opcode byte nothing is hashed.  Either way the C unpickler runs unguarded.
-        marks = data.translate(None, _NOT_CONTAINER_OPS)
-        check_depth = len(marks) >= depth
-        guarded = n > _SMALL and bool(marks.translate(None, _NOT_HASHING_OPS))
+        guarded, check_depth, readonly = needs_guard(data, depth)
+        guarded = guarded and n > _SMALL
     collisions = _module_max_collisions() if max_collisions is None else max_collisions
     try:
         if guarded:
@@ -317,50 +308,13 @@ def loads(
     except Exception as exc:  # UnpicklingError, EOFError, TypeError, MemoryError, ...
         where = _where_it_failed(data, depth, collisions)
         raise DataFormatError("malformed channel data (%s, %s)" % (where, _error_text(exc))) from None
-    if check_depth and _deeper_than(value, depth, _CONTAINER_TYPES, {}):
-        raise DataFormatError(_too_deep_message(depth))
+    if check_depth and not shallow_by_levels(value, depth) and deeper_than(value, depth, CONTAINER_TYPES, {}):
+        raise DataFormatError(too_deep_message(depth))
     # READONLY_BUFFER turns a bytes-like value into a memoryview without asking find_class;
     # dumps never writes it.  Its byte is rare enough that looking only then costs nothing.
-    if b"\x98" in data and _holds_memoryview(value):
+    if readonly and b"\x98" in data and holds_memoryview(value):
         raise DataFormatError("refused a memoryview (READONLY_BUFFER opcode): channel data holds only builtin values")
     return value
-
-
-#: Argument sizes of the opcodes ``_few_opcodes`` knows: a fixed size, or (a negative) the
-#: size of a little-endian length that precedes the argument.
-_ARG = {op: 0 for op in b".N\x88\x89\x94(]ae)t\x85\x86\x87lQ"}
-_ARG.update({0x80: 1, ord("K"): 1, ord("h"): 1, ord("q"): 1, ord("M"): 2, ord("J"): 4, ord("j"): 4})
-_ARG.update({ord("r"): 4, ord("G"): 8, 0x95: 8})
-_ARG.update({0x8C: -1, ord("C"): -1, 0x8A: -1, ord("X"): -4, ord("B"): -4, 0x8B: -4})
-_ARG.update({0x8D: -8, 0x8E: -8, 0x96: -8})
-_CONTAINER_OP_SET = frozenset(_CONTAINER_OPS)
-_FEW = 64
-
-
-def _few_opcodes(data: bytes) -> Any:
-    """(may hash, container opcodes) of a stream of at most ``_FEW`` opcodes that builds no
-    dict or set, read exactly as the C unpickler reads it; None for anything else.  Bulk
-    messages (one large bytes or str value) skip the byte-counting gate this way."""
-    pos = 0
-    n = len(data)
-    containers = 0
-    arg = _ARG
-    for _ in range(_FEW):
-        if pos >= n:
-            return None
-        op = data[pos]
-        size = arg.get(op)
-        if size is None:
-            return None  # a dict or set opcode, or one this reader does not know
-        pos += 1
-        if op == 0x2E:  # STOP
-            return (False, containers)
-        if op in _CONTAINER_OP_SET:
-            containers += 1
-        if size < 0:
-            size = int.from_bytes(data[pos : pos - size], "little") - size
-        pos += size
-    return None
 
 
 def _where_it_failed(data: bytes, depth: int, collisions: int) -> str:
@@ -414,65 +368,6 @@ def _module_max_depth() -> int:
 
 def _module_max_collisions() -> int:
     return max_collisions
-
-
-def _too_deep_message(limit: int) -> str:
-    return (
-        "refused channel data nested more than %d containers deep (the nesting limit: raise it with "
-        "EXECPOOL_MAX_DEPTH on the loading side, or loads(max_depth=...))" % limit
-    )
-
-
-def _deeper_than(value: Any, limit: int, follow: Any, heights: Dict[int, Any]) -> bool:
-    """True if a chain of nested containers of the types ``follow`` in ``value`` is longer
-    than ``limit``.  Iterative (no recursion), each container measured once: ``heights``
-    maps id() to (container, height) and keeps what it measured alive.  A container met
-    again on its own path (a cycle) counts as a leaf there."""
-    if type(value) not in follow:
-        return False
-    hit = heights.get(id(value))
-    if hit is not None:
-        return bool(hit[1] > limit)
-    path = [[value, _kids(value, follow), 0]]
-    onpath = {id(value)}
-    while path:
-        top = path[-1]
-        for child in top[1]:
-            if type(child) not in follow:
-                continue
-            known = heights.get(id(child))
-            if known is not None:
-                if known[1] > top[2]:
-                    top[2] = known[1]
-                continue
-            if id(child) in onpath:
-                continue
-            if len(path) >= limit:
-                return True
-            onpath.add(id(child))
-            path.append([child, _kids(child, follow), 0])
-            break
-        else:
-            path.pop()
-            onpath.discard(id(top[0]))
-            height = top[2] + 1
-            if height > limit:
-                return True
-            heights[id(top[0])] = (top[0], height)
-            if path and height > path[-1][2]:
-                path[-1][2] = height
-    return False
-
-
-def _kids(container: Any, follow: Any) -> Any:
-    """An iterator over what ``container`` holds, empty at C speed when it holds no container."""
-    if type(container) is dict:
-        if follow.isdisjoint(map(type, container)) and follow.isdisjoint(map(type, container.values())):
-            return iter(())
-        return itertools.chain(container, container.values())
-    if follow.isdisjoint(map(type, container)):
-        return iter(())
-    return iter(container)
 
 
 _guarded_class: Any = None
@@ -530,8 +425,8 @@ def _make_guarded_unpickler() -> Any:
             is_dict = type(target) is dict
             for i in range(0, len(items), step):
                 key = items[i]
-                if type(key) is tuple and _deeper_than(key, self._depth, _TUPLE_ONLY, self._heights):
-                    raise DataFormatError(_too_deep_message(self._depth))
+                if type(key) is tuple and deeper_than(key, self._depth, TUPLE_ONLY, self._heights):
+                    raise DataFormatError(too_deep_message(self._depth))
                 h = hash(key) % _HASH_MOD
                 c = counts.get(h, 0) + 1
                 if c > self._collisions:
@@ -608,26 +503,3 @@ def _make_guarded_unpickler() -> Any:
         dispatch[pickle.BUILD[0]] = _build
 
     return _GuardedUnpickler
-
-
-_TUPLE_ONLY = frozenset((tuple,))
-
-
-def _holds_memoryview(value: Any) -> bool:
-    stack = [value]
-    seen = set()
-    while stack:
-        v = stack.pop()
-        t = type(v)
-        if t is memoryview:
-            return True
-        if t in (list, tuple, set, frozenset, dict):
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            if t is dict:
-                stack.extend(v.keys())
-                stack.extend(v.values())
-            else:
-                stack.extend(v)
-    return False
