@@ -669,3 +669,17 @@ def test_the_scan_reads_the_opcodes_pickletools_reads(value):
     capable = sum(op in loadcheck.CAPABLE_OPS for op in ops)
     containers = sum(op in loadcheck.CONTAINER_OPS for op in ops)
     assert got == (hashing, capable, containers, 0x98 in ops)
+
+
+def test_finding_where_a_long_message_fails_is_bounded():
+    # 8 MB of BININT1 (4M opcodes, a fraction of a second on the C unpickler) then a bad byte:
+    # the replay that finds the offset stops after its budget of opcodes
+    result = run_child(
+        """
+from execpool._shipped import serial
+data = b"\\x80\\x05(" + b"K\\x00" * 4000000 + b"\\xff"
+_outcome(lambda: serial.loads(data))
+"""
+    )
+    assert_refused(result, "malformed channel data (beyond byte")
+    assert result["wall"] < 5.0, result

@@ -317,18 +317,29 @@ def loads(
     return value
 
 
+#: Opcodes the error path replays to find where a message fails (about a second at most).
+_REPLAY_MAX = 1_000_000
+
+
+class _ReplayLimit(Exception):
+    pass
+
+
 def _where_it_failed(data: bytes, depth: int, collisions: int) -> str:
     """Where loading ``data`` fails: "at byte N of M", the offset of the opcode that fails
     when the data is loaded again, opcode by opcode, with the pure-Python loader.  Only
-    called on the error path (a second load of a refused message costs no more than the
-    first under the same bounds)."""
+    called on the error path, and for at most ``_REPLAY_MAX`` opcodes: a message that fails
+    later than that is described as failing beyond the offset reached."""
     g = _guarded_unpickler()(io.BytesIO(data))
     g.setup(depth, collisions, len(data))
     g.channel_for_id = lambda cid: None  # no channel is made twice
     g.dispatch = _Tracked(g, {key: _tracking(op) for key, op in g.dispatch.items()})
     g.at = 0
+    g.replayed = 0
     try:
         g.load()
+    except _ReplayLimit:
+        return "beyond byte %d of %d" % (g.at, len(data))
     except Exception:
         return "at byte %d of %d" % (g.at, len(data))
     return "in %d bytes" % len(data)  # only the C loader refused it
@@ -357,6 +368,9 @@ def _position(self: Any) -> None:
 def _tracking(op: Any) -> Any:
     def tracked(self: Any) -> None:
         _position(self)
+        self.replayed += 1
+        if self.replayed > _REPLAY_MAX:
+            raise _ReplayLimit()
         op(self)
 
     return tracked
