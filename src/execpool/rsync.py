@@ -2,11 +2,14 @@
 
 Data flow of one :meth:`RSync.send`::
 
-    master: walk the source once --> listing (path, kind, size, mtime, mode, link)
-        --> to every target's receiver (remote_exec of _rsync_receiver, no install needed)
+    master: start every target's receiver (remote_exec of rsync_receiver, no install
+        needed; it opens its root while the master walks), walk the source once
+        --> listing (path, kind, size, mtime, mode, link) to every receiver
     each receiver: compare with its tree, delete extras (delete=True), make dirs and links
         --> "need" list: files missing or of another size (whole), or of another
-            mtime (with the sha256 of its copy, so equal content only gets a touch)
+            mtime (with the sha256 of its copy, so equal content only gets a touch;
+            large files with their block signature instead, and a file whose every
+            block is found in place gets a touch too)
     master: for each file some target needs: read it once, stream it to every target
         that needs it (literal data in 256 KiB messages; for a target that sent a block
         signature of its old copy, its blocks found anywhere in the file as ("copy", i, n)),
@@ -16,7 +19,7 @@ Data flow of one :meth:`RSync.send`::
         descriptors that never follow a link; report stats and the paths that failed
 
 Block deltas follow rsync's algorithm: the target describes its old copy in 32 KiB
-blocks (Adler-32 + BLAKE2b); the master finds those blocks anywhere in the new file by
+blocks (Adler-32 + a truncated SHA-256); the master finds those blocks anywhere in the new file by
 rolling the Adler-32 byte by byte -- but only after a mismatch and for at most
 ROLL_LIMIT bytes (a pure-Python roll costs about half a microsecond a byte), probing
 block-aligned positions beyond that -- so edits, insertions and deletions cost about a
@@ -31,7 +34,7 @@ import os
 import stat
 import zlib
 from collections.abc import Callable, Sequence
-from hashlib import blake2b
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +202,20 @@ class RSync:
             raise OSError("RSync.send(): no targets; call add_target() first")
         self.problems = []
         self.stats = {}
-        entries = self._walk()
+        if not os.path.isdir(self._sourcedir):
+            raise RSyncError("RSync source %s is not a directory" % self._sourcedir)
+        # the receivers start (import, open their root) while the source is walked
         channels: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
-        for gateway, destdir, finished, options in self._targets:
-            ch = gateway.remote_exec(rsync_receiver.serve)
-            ch.send(("start", destdir, options))
-            channels.append((gateway, destdir, ch, finished))
+        try:
+            for gateway, destdir, finished, options in self._targets:
+                ch = gateway.remote_exec(rsync_receiver.serve)
+                ch.send(("start", destdir, options))
+                channels.append((gateway, destdir, ch, finished))
+            entries = self._walk()
+        except BaseException:
+            for _gw, _dest, ch, _fin in channels:  # a receiver never given a listing changes nothing
+                ch.close()
+            raise
         failed: list[str] = []
         needs: dict[str, list[tuple[Channel, str | None, bytes | None]]] = {}
         live: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
@@ -266,7 +277,7 @@ class RSync:
             if their is not None and their == ours:
                 ch.send(("touch", rel, mtime, mode))
             else:
-                whole.append(_Stream(ch, signature, self._compress))
+                whole.append(_Stream(ch, rel, signature, self._compress))
         if not whole:
             return None
         try:
@@ -276,8 +287,6 @@ class RSync:
             return self._skip(rel, channels, "%s vanished before it was sent (%s)" % (rel, exc))
         with f:
             before = os.fstat(f.fileno())
-            for s in whole:
-                s.ch.send(("file", rel))
             try:
                 plain = [s for s in whole if s.sig is None]
                 while plain:
@@ -298,17 +307,20 @@ class RSync:
             except (OSError, ValueError) as exc:
                 changed, st = True, before
                 self._problem("%s could not be read completely (%s)" % (rel, exc))
-        whole_channels = [s.ch for s in whole]
         if changed:
-            for ch in whole_channels:
-                ch.send(("abort",))  # the target keeps its previous copy; the next sync brings it
+            for s in whole:
+                # the target keeps its previous copy; the next sync brings it
+                s.ch.send(("abort",) if s.started else ("skip", rel))
             self._problem("%s changed while it was sent; not updated this time" % rel)
             return None
-        for ch in whole_channels:
-            ch.send(("end", st.st_mtime_ns, st.st_mode))
+        for s in whole:
+            if s.identical:  # every block found in place: the same content
+                s.ch.send(("touch", rel, st.st_mtime_ns, st.st_mode))
+                continue
+            s.ch.send(("end", st.st_mtime_ns, st.st_mode))
             if self._callback is not None:
-                self._callback("send", rel, ch)
-            self._report_send_file(ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
+                self._callback("send", rel, s.ch)
+            self._report_send_file(s.ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
         return None
 
     def _skip(self, rel: str, channels: list[Channel], text: str) -> None:
@@ -319,12 +331,19 @@ class RSync:
 
 class _Stream:
     """One target's copy of a file being sent: literal data in CHUNK-sized messages and
-    ("copy", first_block, count) runs of blocks the target's old copy already has."""
+    ("copy", first_block, count) runs of blocks the target's old copy already has.
 
-    def __init__(self, ch: Channel, signature: bytes | None, compress: bool = False) -> None:
+    ("file", rel) goes out with the first of them: a file whose only run is every block
+    of the old copy, in place, is that copy, and :meth:`flush` sends nothing but sets
+    :attr:`identical` (the caller sends a touch instead)."""
+
+    def __init__(self, ch: Channel, rel: str, signature: bytes | None, compress: bool = False) -> None:
         self.ch = ch
+        self.rel = rel
         self.sig = signature
         self.compress = compress
+        self.started = False
+        self.identical = False
         self._data: list[bytes] = []
         self._size = 0
         self._copy_from = -1
@@ -348,11 +367,23 @@ class _Stream:
             self._copy_from, self._copy_count = index, 1
 
     def flush(self) -> None:
-        self._send_copy()
         self._send_data()
+        nblocks = len(self.sig) // SIG if self.sig is not None else 0
+        if not self.started and nblocks and (self._copy_from, self._copy_count) == (0, nblocks):
+            self.identical = True
+            self._copy_count = 0
+            return
+        self._send_copy()
+        self._begin()
+
+    def _begin(self) -> None:
+        if not self.started:
+            self.started = True
+            self.ch.send(("file", self.rel))
 
     def _send_data(self) -> None:
         if self._data:
+            self._begin()
             data = b"".join(self._data)
             if self.compress:
                 self.ch.send(("zdata", zlib.compress(data, 1)))
@@ -362,6 +393,7 @@ class _Stream:
 
     def _send_copy(self) -> None:
         if self._copy_count:
+            self._begin()
             self.ch.send(("copy", self._copy_from, self._copy_count))
             self._copy_count = 0
 
@@ -374,7 +406,7 @@ _MOD = 65521
 
 def _send_delta(stream: _Stream, f: Any, size: int) -> None:
     """rsync's algorithm against the target's block signature: find the target's blocks
-    anywhere in the source (zlib's Adler-32 rolled byte by byte, confirmed by BLAKE2b),
+    anywhere in the source (zlib's Adler-32 rolled byte by byte, confirmed by SHA-256),
     send the rest as literal data.  The roll runs only after a mismatch and for at most
     ROLL_LIMIT bytes; beyond that, only block-aligned positions are tried."""
     sig = stream.sig
@@ -464,7 +496,7 @@ def _probe_aligned(table: dict[int, list[tuple[int, bytes]]], view: Any, start: 
 def _lookup(table: dict[int, list[tuple[int, bytes]]], weak: int, window: Any) -> int:
     candidates = table.get(weak)
     if candidates:
-        strong = blake2b(window, digest_size=DIGEST).digest()
+        strong = sha256(window).digest()[:DIGEST]
         for j, digest in candidates:
             if digest == strong:
                 return j
