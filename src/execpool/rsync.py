@@ -31,6 +31,7 @@ from __future__ import annotations
 import fnmatch
 import mmap
 import os
+import posixpath
 import stat
 import zlib
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from ._rsync_links import escaping_links, inside
 from ._shipped import rsync_receiver
 from ._shipped.channel import Channel
 from ._shipped.errors import ExecpoolError
@@ -66,7 +68,17 @@ class RSync:
     ``links="keep"`` (send as is) or ``"skip"`` (leave out silently).  ``compress=True``
     sends file data zlib-compressed (for slow links); ``progress=True`` shows a
     tqdm progress bar of the bytes to send.
+
+    An absolute symlink that names a path inside the source becomes a relative link to
+    the same place in the target (with ``links="keep"`` it is sent as is).  ``send()``
+    may be called again: each call syncs every target added so far.
     """
+
+    #: Forget the targets once send() has synced them (execnet's RSync does).
+    _consume_targets = False
+    #: Absolute links into the source become links the receiver anchors at its root, i.e.
+    #: absolute links into the target (execnet's behaviour), instead of relative links.
+    _rooted_absolute_links = False
 
     def __init__(
         self,
@@ -82,6 +94,7 @@ class RSync:
         self._progress = progress
         self._bar: Any = None
         self._sourcedir = str(Path(sourcedir).absolute())
+        self._roots = list(dict.fromkeys([self._sourcedir, os.path.realpath(self._sourcedir)]))
         self._callback = callback
         self._verbose = verbose
         self._exclude = list(exclude)
@@ -154,8 +167,7 @@ class RSync:
                         dirnames.remove(name)
                     continue
                 if stat.S_ISLNK(st.st_mode):
-                    link = os.readlink(full)
-                    entries.append((rel, "l", 0, st.st_mtime_ns, 0, link))
+                    entries.append(self._link_entry(rel, os.readlink(full), st.st_mtime_ns))
                 elif is_dir:
                     entries.append((rel, "d", 0, st.st_mtime_ns, st.st_mode, None))
                 elif stat.S_ISREG(st.st_mode):
@@ -163,6 +175,28 @@ class RSync:
                 else:
                     self._problem("%s is not a file, directory or symlink; skipped" % rel)
         return self._safe_links(entries)
+
+    def _link_entry(self, rel: str, link: str, mtime: int) -> tuple[str, str, int, int, int, str | None]:
+        """The listing entry of link ``rel``: an absolute link into the source points to the
+        same place in the target (relative, or anchored at the receiver's root)."""
+        where = inside(link, self._roots) if self._links != "keep" else None
+        if where is None:
+            return (rel, "l", 0, mtime, 0, link)
+        if self._rooted_absolute_links:
+            return (rel, "r", 0, mtime, 0, where)
+        return (rel, "l", 0, mtime, 0, posixpath.relpath(where or ".", rel.rpartition("/")[0] or "."))
+
+    def _file_synced(self, ch: Channel, rel: str, size: int, sent: bool) -> None:
+        """Called for each file brought up to date on ``ch``'s target: its data ``sent``, or
+        only its metadata (the content was equal).  Calls ``callback("send", rel, channel)``
+        and :meth:`_report_send_file` for a file sent."""
+        if sent:
+            if self._callback is not None:
+                self._callback("send", rel, ch)
+            self._report_send_file(ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
+
+    def _listed(self, ch: Channel, total: int) -> None:
+        """Called once per target when it has said what it needs: ``total`` bytes of files."""
 
     def _safe_links(
         self, entries: list[tuple[str, str, int, int, int, str | None]]
@@ -199,7 +233,16 @@ class RSync:
         callback, and the previous copy at the target is kept.
         """
         if not self._targets:
+            if not raises:
+                return None
             raise OSError("RSync.send(): no targets; call add_target() first")
+        try:
+            return self._send(raises)
+        finally:
+            if self._consume_targets:
+                self._targets = []
+
+    def _send(self, raises: bool) -> None:
         self.problems = []
         self.stats = {}
         if not os.path.isdir(self._sourcedir):
@@ -217,6 +260,7 @@ class RSync:
                 ch.close()
             raise
         failed: list[str] = []
+        meta = {e[0]: (e[3], e[4], e[2]) for e in entries}  # mtime, mode, size
         needs: dict[str, list[tuple[Channel, str | None, bytes | None]]] = {}
         live: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
         for gateway, destdir, ch, finished in channels:
@@ -230,7 +274,7 @@ class RSync:
             live.append((gateway, destdir, ch, finished))
             for rel, their_hash, signature in need:
                 needs.setdefault(rel, []).append((ch, their_hash, signature))
-        sizes = {e[0]: (e[3], e[4]) for e in entries}
+            self._listed(ch, sum(meta[item[0]][2] for item in need if item[0] in meta))
         if self._progress:
             from tqdm import tqdm
 
@@ -239,8 +283,8 @@ class RSync:
                 total=total, unit="B", unit_scale=True, desc="rsync %s" % os.path.basename(self._sourcedir)
             )
         try:
-            for rel in sorted(needs):
-                self._send_file(rel, sizes[rel], needs[rel])
+            for rel in sorted(needs.keys() & meta.keys()):  # (a receiver naming other paths is ignored)
+                self._send_file(rel, meta[rel], needs[rel])
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -264,9 +308,9 @@ class RSync:
                 raise RSyncError("RSync of %s failed on %s" % (self._sourcedir, "; ".join(failed)))
 
     def _send_file(
-        self, rel: str, meta: tuple[int, int], targets: list[tuple[Channel, str | None, bytes | None]]
+        self, rel: str, meta: tuple[int, int, int], targets: list[tuple[Channel, str | None, bytes | None]]
     ) -> None:
-        mtime, mode = meta
+        mtime, mode, size = meta
         full = os.path.join(self._sourcedir, rel)
         try:
             ours = _sha256(full) if any(h is not None for _, h, _ in targets) else None
@@ -276,6 +320,7 @@ class RSync:
         for ch, their, signature in targets:
             if their is not None and their == ours:
                 ch.send(("touch", rel, mtime, mode))
+                self._file_synced(ch, rel, size, False)
             else:
                 whole.append(_Stream(ch, rel, signature, self._compress))
         if not whole:
@@ -316,11 +361,9 @@ class RSync:
         for s in whole:
             if s.identical:  # every block found in place: the same content
                 s.ch.send(("touch", rel, st.st_mtime_ns, st.st_mode))
-                continue
-            s.ch.send(("end", st.st_mtime_ns, st.st_mode))
-            if self._callback is not None:
-                self._callback("send", rel, s.ch)
-            self._report_send_file(s.ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
+            else:
+                s.ch.send(("end", st.st_mtime_ns, st.st_mode))
+            self._file_synced(s.ch, rel, st.st_size, not s.identical)
         return None
 
     def _skip(self, rel: str, channels: list[Channel], text: str) -> None:
@@ -501,60 +544,6 @@ def _lookup(table: dict[int, list[tuple[int, bytes]]], weak: int, window: Any) -
             if digest == strong:
                 return j
     return -1
-
-
-#: How many links one resolution may pass through before it counts as a loop (as the OS's ELOOP).
-MAX_LINK_HOPS = 40
-
-
-def escaping_links(entries: Sequence[tuple[str, str, int, int, int, str | None]]) -> set[str]:
-    """The links of ``entries`` whose target, resolved in the tree the entries make at the
-    target (through the tree's other links, as the OS would), can leave that tree; also
-    absolute links and loops.  Refusing a link changes the tree, so this repeats until no
-    other link is refused.  Names the tree does not have resolve lexically."""
-    kinds = {e[0]: e[1] for e in entries}
-    bad: set[str] = set()
-    while True:
-        links = {e[0]: e[5] or "" for e in entries if e[1] == "l" and e[0] not in bad}
-        new = {rel for rel, target in links.items() if _resolve(rel.rpartition("/")[0], target, links, kinds) is None}
-        if not new:
-            return bad
-        bad |= new
-
-
-def _resolve(base: str, target: str, links: dict[str, str], kinds: dict[str, str]) -> list[str] | None:
-    """Where ``target`` (a link's content, relative to directory ``base``) leads, as path
-    components under the root; None if it leaves the root, is absolute or loops."""
-    hops = [MAX_LINK_HOPS]
-
-    def walk(stack: list[str], text: str) -> list[str] | None:
-        if text.startswith("/"):
-            return None
-        stack = list(stack)
-        for part in text.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not stack:
-                    return None
-                stack.pop()
-                continue
-            path = "/".join([*stack, part])
-            if path in links:
-                hops[0] -= 1
-                if hops[0] < 0:
-                    return None
-                found = walk(stack, links[path])
-                if found is None:
-                    return None
-                stack = found
-            elif kinds.get(path) == "f":
-                return [*stack, part]  # nothing resolves through a file (ENOTDIR)
-            else:
-                stack.append(part)  # a directory, or a name the tree does not have
-        return stack
-
-    return walk(base.split("/") if base else [], target)
 
 
 def _short(exc: BaseException) -> str:

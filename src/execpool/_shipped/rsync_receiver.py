@@ -4,7 +4,8 @@ Conversation on the channel, master (M) and this receiver (R)::
 
     M: ("start", destdir, options)       R: ("ready", realpath of destdir) or an error
     M: ("list", entries)                 entries: (relpath, kind, size, mtime_ns, mode, link)
-                                         kind "d" directory, "f" file, "l" symlink
+                                         kind "d" directory, "f" file, "l" symlink, "r" symlink
+                                         to a path from the target's root (made absolute here)
     R: ("need", [(relpath, sha256 of the file here or None, block signature or None), ...])
                                          signature: BLOCK-sized blocks' digests, concatenated,
                                          for large files this side already has a version of
@@ -255,6 +256,9 @@ class Receiver:
                 self._guarded(rel, self._ensure_dir, rel, mode)
             elif kind == "l":
                 self._guarded(rel, self._ensure_link, rel, link)
+            elif kind == "r":  # a path in the tree: the link names it under this root
+                parts = _check_rel(link) if link else []
+                self._guarded(rel, self._ensure_link, rel, os.path.join(self.root, *parts))
         need: List[Any] = []
         for rel, (kind, size, mtime, mode, _link) in wanted.items():
             if kind == "f" and not self._parent_failed(rel):
