@@ -155,3 +155,18 @@ def test_root_anchored_links_are_resolved_from_the_root_when_checked_for_escapes
         entry("a/b/via", "l", "ok/../../.."),  # through ok (DEST/a): DEST/.. -- leaves
     ]
     assert escaping_links(entries) == {"a/b/esc", "a/b/via"}
+
+
+def test_walk_ahead_serves_the_next_send_once_with_its_problems(
+    src: Path, tmp_path: Path, gw: execpool.Gateway
+) -> None:
+    os.symlink("/etc/hostname", src / "outside")
+    r = RSync(src, verbose=False)
+    r.add_target(gw, tmp_path / "dest")
+    r.walk_ahead()
+    (src / "late.txt").write_text("after the walk")  # not in the listing walked ahead
+    r.send()
+    assert not (tmp_path / "dest" / "late.txt").exists()
+    assert any("outside" in p for p in r.problems)
+    r.send()  # walks again
+    assert (tmp_path / "dest" / "late.txt").read_text() == "after the walk"

@@ -106,6 +106,7 @@ class RSync:
         self.problems: list[str] = []
         #: Per-target statistics of the last send(), keyed by gateway id.
         self.stats: dict[str, dict[str, int]] = {}
+        self._ahead: tuple[list[tuple[str, str, int, int, int, str | None]], list[str]] | None = None
 
     def filter(self, path: str) -> bool:
         """Return False to leave ``path`` (absolute, in the source) out; default: keep it."""
@@ -242,8 +243,23 @@ class RSync:
             if self._consume_targets:
                 self._targets = []
 
+    def walk_ahead(self) -> None:
+        """Walk the source now, for the next :meth:`send` (which then does not walk it
+        again): ``execpool rsync`` walks while its gateways start.  Safe to run in another
+        thread than send()'s, if :meth:`filter` and the callback are; if the walk fails,
+        send() walks again and reports it."""
+        self._ahead = None
+        problems, self.problems = self.problems, []
+        try:
+            self._ahead = (self._walk(), self.problems)
+        except Exception:
+            pass
+        finally:
+            self.problems = problems
+
     def _send(self, raises: bool) -> None:
-        self.problems = []
+        ahead, self._ahead = self._ahead, None
+        self.problems = list(ahead[1]) if ahead is not None else []
         self.stats = {}
         if not os.path.isdir(self._sourcedir):
             raise RSyncError("RSync source %s is not a directory" % self._sourcedir)
@@ -254,7 +270,7 @@ class RSync:
                 ch = gateway.remote_exec(rsync_receiver.serve)
                 ch.send(("start", destdir, options))
                 channels.append((gateway, destdir, ch, finished))
-            entries = self._walk()
+            entries = ahead[0] if ahead is not None else self._walk()
         except BaseException:
             for _gw, _dest, ch, _fin in channels:  # a receiver never given a listing changes nothing
                 ch.close()
