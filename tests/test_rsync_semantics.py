@@ -170,3 +170,18 @@ def test_walk_ahead_serves_the_next_send_once_with_its_problems(
     assert any("outside" in p for p in r.problems)
     r.send()  # walks again
     assert (tmp_path / "dest" / "late.txt").read_text() == "after the walk"
+
+
+@pytest.mark.parametrize("evil", ["../escaped", "/etc", "a/../../escaped", "a//b", "."])
+def test_the_receiver_refuses_a_root_anchored_link_that_leaves_its_target(
+    tmp_path: Path, gw: execpool.Gateway, evil: str
+) -> None:
+    from execpool._shipped import rsync_receiver
+
+    ch = gw.remote_exec(rsync_receiver.serve)
+    ch.send(("start", str(tmp_path / "dest"), {}))
+    assert ch.receive(10)[0] == "ready"
+    ch.send(("list", [("lnk", "r", 0, 0, 0, evil)]))
+    with pytest.raises(execpool.RemoteError, match="refused path"):
+        ch.receive(10)
+    assert not os.path.lexists(tmp_path / "dest" / "lnk")
