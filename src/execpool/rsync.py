@@ -231,7 +231,9 @@ class RSync:
         (with ``raises=False`` failures are only recorded in :attr:`problems`).
         Problems of the source (files vanishing or changing during the walk)
         never abort the sync: they are reported in :attr:`problems` and to the
-        callback, and the previous copy at the target is kept.
+        callback, and the previous copy at the target is kept.  Without targets
+        it raises :class:`OSError` (``raises=False``: returns quietly).  It may be
+        called again: each call walks the source afresh.
         """
         if not self._targets:
             if not raises:
