@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
-from ._discover import find_interpreters
 from ._shipped.errors import ExecpoolError
 from .group import Group
 
@@ -25,6 +25,8 @@ from .group import Group
 def _info(args: argparse.Namespace) -> int:
     specs = list(args.specs)
     if args.local or not specs:
+        from ._discover import find_interpreters  # (only here: `execpool rsync` starts faster)
+
         found = find_interpreters()
         if not found and not specs:
             print("execpool: no CPython 3.8+ interpreter found on PATH or in pyenv", file=sys.stderr)
@@ -146,16 +148,21 @@ def _rsync(args: argparse.Namespace) -> int:
             return 2
         targets.append((spec, dest))
     specs = list(dict.fromkeys(spec for spec, _ in targets))
+    rsync = RSync(
+        args.source, verbose=args.verbose, exclude=args.exclude, compress=args.compress, progress=args.progress
+    )
+    # the source is walked while the gateways start (an ssh login leaves this process idle)
+    walker = threading.Thread(target=rsync.walk_ahead, name="execpool-rsync-walk", daemon=True)
+    walker.start()
     try:
         group = Group(specs)
     except (ExecpoolError, ValueError) as exc:
         print("execpool rsync: %s" % exc, file=sys.stderr)
         return 1
+    finally:
+        walker.join()
     try:
         by_spec = dict(zip(specs, group, strict=True))
-        rsync = RSync(
-            args.source, verbose=args.verbose, exclude=args.exclude, compress=args.compress, progress=args.progress
-        )
         for spec, dest in targets:
             rsync.add_target(by_spec[spec], dest, delete=args.delete)
         try:

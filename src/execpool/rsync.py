@@ -2,11 +2,14 @@
 
 Data flow of one :meth:`RSync.send`::
 
-    master: walk the source once --> listing (path, kind, size, mtime, mode, link)
-        --> to every target's receiver (remote_exec of _rsync_receiver, no install needed)
+    master: start every target's receiver (remote_exec of rsync_receiver, no install
+        needed; it opens its root while the master walks), walk the source once
+        --> listing (path, kind, size, mtime, mode, link) to every receiver
     each receiver: compare with its tree, delete extras (delete=True), make dirs and links
         --> "need" list: files missing or of another size (whole), or of another
-            mtime (with the sha256 of its copy, so equal content only gets a touch)
+            mtime (with the sha256 of its copy, so equal content only gets a touch;
+            large files with their block signature instead, and a file whose every
+            block is found in place gets a touch too)
     master: for each file some target needs: read it once, stream it to every target
         that needs it (literal data in 256 KiB messages; for a target that sent a block
         signature of its old copy, its blocks found anywhere in the file as ("copy", i, n)),
@@ -16,7 +19,7 @@ Data flow of one :meth:`RSync.send`::
         descriptors that never follow a link; report stats and the paths that failed
 
 Block deltas follow rsync's algorithm: the target describes its old copy in 32 KiB
-blocks (Adler-32 + BLAKE2b); the master finds those blocks anywhere in the new file by
+blocks (Adler-32 + a truncated SHA-256); the master finds those blocks anywhere in the new file by
 rolling the Adler-32 byte by byte -- but only after a mismatch and for at most
 ROLL_LIMIT bytes (a pure-Python roll costs about half a microsecond a byte), probing
 block-aligned positions beyond that -- so edits, insertions and deletions cost about a
@@ -28,13 +31,15 @@ from __future__ import annotations
 import fnmatch
 import mmap
 import os
+import posixpath
 import stat
 import zlib
 from collections.abc import Callable, Sequence
-from hashlib import blake2b
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from ._rsync_links import escaping_links, inside
 from ._shipped import rsync_receiver
 from ._shipped.channel import Channel
 from ._shipped.errors import ExecpoolError
@@ -63,7 +68,17 @@ class RSync:
     ``links="keep"`` (send as is) or ``"skip"`` (leave out silently).  ``compress=True``
     sends file data zlib-compressed (for slow links); ``progress=True`` shows a
     tqdm progress bar of the bytes to send.
+
+    An absolute symlink that names a path inside the source becomes a relative link to
+    the same place in the target (with ``links="keep"`` it is sent as is).  ``send()``
+    may be called again: each call syncs every target added so far.
     """
+
+    #: Forget the targets once send() has synced them (execnet's RSync does).
+    _consume_targets = False
+    #: Absolute links into the source become links the receiver anchors at its root, i.e.
+    #: absolute links into the target (execnet's behaviour), instead of relative links.
+    _rooted_absolute_links = False
 
     def __init__(
         self,
@@ -79,6 +94,7 @@ class RSync:
         self._progress = progress
         self._bar: Any = None
         self._sourcedir = str(Path(sourcedir).absolute())
+        self._roots = list(dict.fromkeys([self._sourcedir, os.path.realpath(self._sourcedir)]))
         self._callback = callback
         self._verbose = verbose
         self._exclude = list(exclude)
@@ -90,6 +106,7 @@ class RSync:
         self.problems: list[str] = []
         #: Per-target statistics of the last send(), keyed by gateway id.
         self.stats: dict[str, dict[str, int]] = {}
+        self._ahead: tuple[list[tuple[str, str, int, int, int, str | None]], list[str]] | None = None
 
     def filter(self, path: str) -> bool:
         """Return False to leave ``path`` (absolute, in the source) out; default: keep it."""
@@ -151,8 +168,7 @@ class RSync:
                         dirnames.remove(name)
                     continue
                 if stat.S_ISLNK(st.st_mode):
-                    link = os.readlink(full)
-                    entries.append((rel, "l", 0, st.st_mtime_ns, 0, link))
+                    entries.append(self._link_entry(rel, os.readlink(full), st.st_mtime_ns))
                 elif is_dir:
                     entries.append((rel, "d", 0, st.st_mtime_ns, st.st_mode, None))
                 elif stat.S_ISREG(st.st_mode):
@@ -160,6 +176,28 @@ class RSync:
                 else:
                     self._problem("%s is not a file, directory or symlink; skipped" % rel)
         return self._safe_links(entries)
+
+    def _link_entry(self, rel: str, link: str, mtime: int) -> tuple[str, str, int, int, int, str | None]:
+        """The listing entry of link ``rel``: an absolute link into the source points to the
+        same place in the target (relative, or anchored at the receiver's root)."""
+        where = inside(link, self._roots) if self._links != "keep" else None
+        if where is None:
+            return (rel, "l", 0, mtime, 0, link)
+        if self._rooted_absolute_links:
+            return (rel, "r", 0, mtime, 0, where)
+        return (rel, "l", 0, mtime, 0, posixpath.relpath(where or ".", rel.rpartition("/")[0] or "."))
+
+    def _file_synced(self, ch: Channel, rel: str, size: int, sent: bool) -> None:
+        """Called for each file brought up to date on ``ch``'s target: its data ``sent``, or
+        only its metadata (the content was equal).  Calls ``callback("send", rel, channel)``
+        and :meth:`_report_send_file` for a file sent."""
+        if sent:
+            if self._callback is not None:
+                self._callback("send", rel, ch)
+            self._report_send_file(ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
+
+    def _listed(self, ch: Channel, total: int) -> None:
+        """Called once per target when it has said what it needs: ``total`` bytes of files."""
 
     def _safe_links(
         self, entries: list[tuple[str, str, int, int, int, str | None]]
@@ -193,19 +231,54 @@ class RSync:
         (with ``raises=False`` failures are only recorded in :attr:`problems`).
         Problems of the source (files vanishing or changing during the walk)
         never abort the sync: they are reported in :attr:`problems` and to the
-        callback, and the previous copy at the target is kept.
+        callback, and the previous copy at the target is kept.  Without targets
+        it raises :class:`OSError` (``raises=False``: returns quietly).  It may be
+        called again: each call walks the source afresh.
         """
         if not self._targets:
+            if not raises:
+                return None
             raise OSError("RSync.send(): no targets; call add_target() first")
-        self.problems = []
+        try:
+            return self._send(raises)
+        finally:
+            if self._consume_targets:
+                self._targets = []
+
+    def walk_ahead(self) -> None:
+        """Walk the source now, for the next :meth:`send` (which then does not walk it
+        again): ``execpool rsync`` walks while its gateways start.  Safe to run in another
+        thread than send()'s, if :meth:`filter` and the callback are; if the walk fails,
+        send() walks again and reports it."""
+        self._ahead = None
+        problems, self.problems = self.problems, []
+        try:
+            self._ahead = (self._walk(), self.problems)
+        except Exception:
+            pass
+        finally:
+            self.problems = problems
+
+    def _send(self, raises: bool) -> None:
+        ahead, self._ahead = self._ahead, None
+        self.problems = list(ahead[1]) if ahead is not None else []
         self.stats = {}
-        entries = self._walk()
+        if not os.path.isdir(self._sourcedir):
+            raise RSyncError("RSync source %s is not a directory" % self._sourcedir)
+        # the receivers start (import, open their root) while the source is walked
         channels: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
-        for gateway, destdir, finished, options in self._targets:
-            ch = gateway.remote_exec(rsync_receiver.serve)
-            ch.send(("start", destdir, options))
-            channels.append((gateway, destdir, ch, finished))
+        try:
+            for gateway, destdir, finished, options in self._targets:
+                ch = gateway.remote_exec(rsync_receiver.serve)
+                ch.send(("start", destdir, options))
+                channels.append((gateway, destdir, ch, finished))
+            entries = ahead[0] if ahead is not None else self._walk()
+        except BaseException:
+            for _gw, _dest, ch, _fin in channels:  # a receiver never given a listing changes nothing
+                ch.close()
+            raise
         failed: list[str] = []
+        meta = {e[0]: (e[3], e[4], e[2]) for e in entries}  # mtime, mode, size
         needs: dict[str, list[tuple[Channel, str | None, bytes | None]]] = {}
         live: list[tuple[Gateway, str, Channel, Callable[[], Any] | None]] = []
         for gateway, destdir, ch, finished in channels:
@@ -219,7 +292,7 @@ class RSync:
             live.append((gateway, destdir, ch, finished))
             for rel, their_hash, signature in need:
                 needs.setdefault(rel, []).append((ch, their_hash, signature))
-        sizes = {e[0]: (e[3], e[4]) for e in entries}
+            self._listed(ch, sum(meta[item[0]][2] for item in need if item[0] in meta))
         if self._progress:
             from tqdm import tqdm
 
@@ -228,8 +301,8 @@ class RSync:
                 total=total, unit="B", unit_scale=True, desc="rsync %s" % os.path.basename(self._sourcedir)
             )
         try:
-            for rel in sorted(needs):
-                self._send_file(rel, sizes[rel], needs[rel])
+            for rel in sorted(needs.keys() & meta.keys()):  # (a receiver naming other paths is ignored)
+                self._send_file(rel, meta[rel], needs[rel])
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -253,9 +326,9 @@ class RSync:
                 raise RSyncError("RSync of %s failed on %s" % (self._sourcedir, "; ".join(failed)))
 
     def _send_file(
-        self, rel: str, meta: tuple[int, int], targets: list[tuple[Channel, str | None, bytes | None]]
+        self, rel: str, meta: tuple[int, int, int], targets: list[tuple[Channel, str | None, bytes | None]]
     ) -> None:
-        mtime, mode = meta
+        mtime, mode, size = meta
         full = os.path.join(self._sourcedir, rel)
         try:
             ours = _sha256(full) if any(h is not None for _, h, _ in targets) else None
@@ -265,8 +338,9 @@ class RSync:
         for ch, their, signature in targets:
             if their is not None and their == ours:
                 ch.send(("touch", rel, mtime, mode))
+                self._file_synced(ch, rel, size, False)
             else:
-                whole.append(_Stream(ch, signature, self._compress))
+                whole.append(_Stream(ch, rel, signature, self._compress))
         if not whole:
             return None
         try:
@@ -276,8 +350,6 @@ class RSync:
             return self._skip(rel, channels, "%s vanished before it was sent (%s)" % (rel, exc))
         with f:
             before = os.fstat(f.fileno())
-            for s in whole:
-                s.ch.send(("file", rel))
             try:
                 plain = [s for s in whole if s.sig is None]
                 while plain:
@@ -298,17 +370,18 @@ class RSync:
             except (OSError, ValueError) as exc:
                 changed, st = True, before
                 self._problem("%s could not be read completely (%s)" % (rel, exc))
-        whole_channels = [s.ch for s in whole]
         if changed:
-            for ch in whole_channels:
-                ch.send(("abort",))  # the target keeps its previous copy; the next sync brings it
+            for s in whole:
+                # the target keeps its previous copy; the next sync brings it
+                s.ch.send(("abort",) if s.started else ("skip", rel))
             self._problem("%s changed while it was sent; not updated this time" % rel)
             return None
-        for ch in whole_channels:
-            ch.send(("end", st.st_mtime_ns, st.st_mode))
-            if self._callback is not None:
-                self._callback("send", rel, ch)
-            self._report_send_file(ch.gateway, rel)  # type: ignore[arg-type]  # a master's channel
+        for s in whole:
+            if s.identical:  # every block found in place: the same content
+                s.ch.send(("touch", rel, st.st_mtime_ns, st.st_mode))
+            else:
+                s.ch.send(("end", st.st_mtime_ns, st.st_mode))
+            self._file_synced(s.ch, rel, st.st_size, not s.identical)
         return None
 
     def _skip(self, rel: str, channels: list[Channel], text: str) -> None:
@@ -319,12 +392,19 @@ class RSync:
 
 class _Stream:
     """One target's copy of a file being sent: literal data in CHUNK-sized messages and
-    ("copy", first_block, count) runs of blocks the target's old copy already has."""
+    ("copy", first_block, count) runs of blocks the target's old copy already has.
 
-    def __init__(self, ch: Channel, signature: bytes | None, compress: bool = False) -> None:
+    ("file", rel) goes out with the first of them: a file whose only run is every block
+    of the old copy, in place, is that copy, and :meth:`flush` sends nothing but sets
+    :attr:`identical` (the caller sends a touch instead)."""
+
+    def __init__(self, ch: Channel, rel: str, signature: bytes | None, compress: bool = False) -> None:
         self.ch = ch
+        self.rel = rel
         self.sig = signature
         self.compress = compress
+        self.started = False
+        self.identical = False
         self._data: list[bytes] = []
         self._size = 0
         self._copy_from = -1
@@ -348,11 +428,23 @@ class _Stream:
             self._copy_from, self._copy_count = index, 1
 
     def flush(self) -> None:
-        self._send_copy()
         self._send_data()
+        nblocks = len(self.sig) // SIG if self.sig is not None else 0
+        if not self.started and nblocks and (self._copy_from, self._copy_count) == (0, nblocks):
+            self.identical = True
+            self._copy_count = 0
+            return
+        self._send_copy()
+        self._begin()
+
+    def _begin(self) -> None:
+        if not self.started:
+            self.started = True
+            self.ch.send(("file", self.rel))
 
     def _send_data(self) -> None:
         if self._data:
+            self._begin()
             data = b"".join(self._data)
             if self.compress:
                 self.ch.send(("zdata", zlib.compress(data, 1)))
@@ -362,6 +454,7 @@ class _Stream:
 
     def _send_copy(self) -> None:
         if self._copy_count:
+            self._begin()
             self.ch.send(("copy", self._copy_from, self._copy_count))
             self._copy_count = 0
 
@@ -374,7 +467,7 @@ _MOD = 65521
 
 def _send_delta(stream: _Stream, f: Any, size: int) -> None:
     """rsync's algorithm against the target's block signature: find the target's blocks
-    anywhere in the source (zlib's Adler-32 rolled byte by byte, confirmed by BLAKE2b),
+    anywhere in the source (zlib's Adler-32 rolled byte by byte, confirmed by SHA-256),
     send the rest as literal data.  The roll runs only after a mismatch and for at most
     ROLL_LIMIT bytes; beyond that, only block-aligned positions are tried."""
     sig = stream.sig
@@ -464,65 +557,11 @@ def _probe_aligned(table: dict[int, list[tuple[int, bytes]]], view: Any, start: 
 def _lookup(table: dict[int, list[tuple[int, bytes]]], weak: int, window: Any) -> int:
     candidates = table.get(weak)
     if candidates:
-        strong = blake2b(window, digest_size=DIGEST).digest()
+        strong = sha256(window).digest()[:DIGEST]
         for j, digest in candidates:
             if digest == strong:
                 return j
     return -1
-
-
-#: How many links one resolution may pass through before it counts as a loop (as the OS's ELOOP).
-MAX_LINK_HOPS = 40
-
-
-def escaping_links(entries: Sequence[tuple[str, str, int, int, int, str | None]]) -> set[str]:
-    """The links of ``entries`` whose target, resolved in the tree the entries make at the
-    target (through the tree's other links, as the OS would), can leave that tree; also
-    absolute links and loops.  Refusing a link changes the tree, so this repeats until no
-    other link is refused.  Names the tree does not have resolve lexically."""
-    kinds = {e[0]: e[1] for e in entries}
-    bad: set[str] = set()
-    while True:
-        links = {e[0]: e[5] or "" for e in entries if e[1] == "l" and e[0] not in bad}
-        new = {rel for rel, target in links.items() if _resolve(rel.rpartition("/")[0], target, links, kinds) is None}
-        if not new:
-            return bad
-        bad |= new
-
-
-def _resolve(base: str, target: str, links: dict[str, str], kinds: dict[str, str]) -> list[str] | None:
-    """Where ``target`` (a link's content, relative to directory ``base``) leads, as path
-    components under the root; None if it leaves the root, is absolute or loops."""
-    hops = [MAX_LINK_HOPS]
-
-    def walk(stack: list[str], text: str) -> list[str] | None:
-        if text.startswith("/"):
-            return None
-        stack = list(stack)
-        for part in text.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not stack:
-                    return None
-                stack.pop()
-                continue
-            path = "/".join([*stack, part])
-            if path in links:
-                hops[0] -= 1
-                if hops[0] < 0:
-                    return None
-                found = walk(stack, links[path])
-                if found is None:
-                    return None
-                stack = found
-            elif kinds.get(path) == "f":
-                return [*stack, part]  # nothing resolves through a file (ENOTDIR)
-            else:
-                stack.append(part)  # a directory, or a name the tree does not have
-        return stack
-
-    return walk(base.split("/") if base else [], target)
 
 
 def _short(exc: BaseException) -> str:

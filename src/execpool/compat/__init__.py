@@ -51,7 +51,7 @@ from .._xspec import XSpec, popen_xspec, ssh_xspec
 from ..gateway import DEFAULT_START_TIMEOUT, Gateway, WorkerOptions
 from ..group import Group as _Group
 from ..group import MultiChannel
-from ..rsync import RSync
+from ._rsync import RSync
 from ._worker import install_standin
 
 #: The execnet release whose API this module follows.
