@@ -113,3 +113,17 @@ def send_malformed_pool_message(item: tuple[int, int, Any]) -> int:
             message = tuple(frame.f_locals["cid"] if part == "<cid>" else part for part in message)
         worker.channel.send(message)
     return 2 * x
+
+
+def start_lingering_sleep(x: Any) -> int:
+    """Start ``sleep 300`` holding the worker's stdout and stderr (it inherits them); return its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
+def start_daemon_sleep(x: Any) -> int:
+    """Start ``sleep 300`` in a session of its own (a daemon started on purpose); return its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"], start_new_session=True).pid
