@@ -127,3 +127,14 @@ def start_daemon_sleep(x: Any) -> int:
     import subprocess
 
     return subprocess.Popen(["sleep", "300"], start_new_session=True).pid
+
+
+def log_and_wait_for(item: tuple[str, int, str]) -> int:
+    """Append ``x`` to ``logfile``, then wait (at most 60 s) until file ``go`` exists; return ``x``."""
+    logfile, x, go = item
+    with open(logfile, "a") as f:
+        f.write("%d\n" % x)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return x
