@@ -37,8 +37,8 @@ from .group import Group
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats"]
 
-#: The default of ``max_pending``: the most tasks of one call whose results its consumer has not
-#: taken (an imap's reader, or a map's result list) before the pool stops dispatching that call.
+#: The default of ``max_pending`` for streams (imap, imap_unordered, Executor.map): the most tasks of
+#: one call whose results its reader has not taken before the pool stops dispatching that call.
 DEFAULT_MAX_PENDING = 10_000
 
 
@@ -270,11 +270,13 @@ class Pool:
     - ``serve_modules``: let workers import the master's pure-Python modules.
     - ``processes``: as in :mod:`multiprocessing`, a number of local workers
       (the same as passing the number as ``specs``).
-    - ``max_pending``: the most tasks of one call (``imap``, ``map_async``, ...)
-      whose results its consumer has not taken; at the bound the pool stops
-      dispatching that call until the consumer takes one (default
-      ``DEFAULT_MAX_PENDING``, 10 000; ``imap``, ``imap_unordered``,
-      ``map_async`` and ``starmap_async`` take a per-call ``max_pending=``).
+    - ``max_pending``: the most tasks of one call whose results its consumer
+      has not taken; at the bound the pool stops dispatching that call until
+      the consumer takes one.  Default: ``DEFAULT_MAX_PENDING`` (10 000) for
+      ``imap``, ``imap_unordered`` and ``Executor.map``; no bound for the map
+      family, whose result list holds every result anyway.  Given here, it
+      applies to all; ``imap``, ``imap_unordered``, ``map_async`` and
+      ``starmap_async`` also take a per-call ``max_pending=``.
 
     Leaving a ``with`` block waits for submitted work and ends the workers;
     an exception inside the block terminates the pool instead.
@@ -295,9 +297,11 @@ class Pool:
         trust_workers: bool = True,
         serve_modules: bool = True,
         processes: int | None = None,
-        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending: int | None = None,
     ) -> None:
-        self._max_pending = _check_max_pending(max_pending, "Pool")
+        # None: streams get DEFAULT_MAX_PENDING; the map family, whose result lists hold every result
+        # by contract, is not bounded unless the pool or the call says so (a bound costs chunk size)
+        self._max_pending = None if max_pending is None else _check_max_pending(max_pending, "Pool")
         if processes is not None:  # multiprocessing.Pool's name for a number of local workers
             if specs is not None:
                 raise TypeError("give Pool either specs or processes, not both")
@@ -396,8 +400,8 @@ class Pool:
     ) -> AsyncResult:
         """``[func(x) for x in iterable]`` on the workers; return an :class:`AsyncResult`.
 
-        ``max_pending`` (default: the pool's): the most tasks sent whose results are not yet in
-        the result list."""
+        ``max_pending`` (default: the pool's, if it has one; else no bound): the most tasks sent
+        whose results are not yet in the result list."""
         return self._async(func, iterable, MODE_MAP, chunksize, callback, error_callback, max_pending=max_pending)
 
     def map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
@@ -436,7 +440,10 @@ class Pool:
         max_pending: int | None = None,
     ) -> IMapIterator:
         _check_chunksize(chunksize)
-        limit = self._max_pending if max_pending is None else _check_max_pending(max_pending, "imap")
+        if max_pending is not None:
+            limit = _check_max_pending(max_pending, "imap")
+        else:
+            limit = DEFAULT_MAX_PENDING if self._max_pending is None else self._max_pending
         if not callable(func):
             raise TypeError("%r is not callable" % (func,))
         it = IMapIterator(self._sched, func, iterable, mode, chunksize, ordered, self.terminate, limit)

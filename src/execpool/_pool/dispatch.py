@@ -338,9 +338,9 @@ class Dispatcher:
 
 
 def _read_ahead(job: Job) -> int | None:
-    """The bound chunk sizing keeps a job's chunks well inside: a stream's ``limit``; twice a map's,
-    whose results leave the bound as they arrive (no consumer to wait for), so its chunks need
-    only fill it, a ``WINDOW`` of chunks per slot."""
+    """The bound chunk sizing keeps a job's chunks inside: a stream's ``limit`` (its chunks stay well
+    inside it, for a consumer that reads as results arrive); for a map, whose results leave the bound
+    as they arrive, a chunk may be a slot's whole share of it (``limit / slots``)."""
     if job.limit is None or job.stream:
         return job.limit
-    return 2 * job.limit
+    return 2 * chunking.WINDOW * job.limit
