@@ -14,6 +14,16 @@ started once and warmed up (untimed); only the ``map`` call is timed:
   start-up    a new pool, until the result of one trivial task is back (and, as
               a second figure, also its close() + join() or shutdown())
 
+Then, for execpool.Pool and multiprocessing.Pool (fork) only:
+
+  bytes-cold  the bytes map on a new pool each time (workers up, nothing run yet)
+  bytes-warm  the bytes map on a pool that ran 2000 x nbytes(b"x") just before
+              (untimed): tiny arguments first must not make huge chunks
+  abandoned   ``for x in pool.imap(abs, itertools.count()): break`` in a ``with``
+              block, then leave it (at once, and after 3 s): peak RSS above the
+              pool's start and the time to leave, each run a child process under
+              an address-space cap and a timeout (``_pool_abandoned.py``)
+
 Then, over the tests' real sshd (``tests/sshd.py``, loopback, needs root), the
 same workloads for execpool with three ssh hosts (one worker each) and with
 ``host-a//workers=2`` (two workers behind one ssh login), against local
@@ -74,7 +84,12 @@ HERE = Path(__file__).resolve().parent
 TIMEOUT = 120.0  # seconds any one map or first result may take before it counts as a failure
 WORKERS = 2
 CPU_TASK_SECONDS = 0.005
-WORKLOADS = ("trivial", "cpu", "bytes", "startup")
+WORKLOADS = ("trivial", "cpu", "bytes", "startup", "bytes-cold", "bytes-warm", "abandoned")
+#: The abandoned imap's peak RSS above the pool's start must stay under this; its block must end in ABANDONED_EXIT s.
+ABANDONED_RSS = 200 * 1024 * 1024
+ABANDONED_EXIT = 5.0
+ABANDONED_HOLDS = [0.0, 3.0]
+BYTES_WORKLOADS = ("bytes", "bytes-cold", "bytes-warm")
 
 FULL = dict(
     trivial_n=100_000,
@@ -84,6 +99,7 @@ FULL = dict(
     bytes_n=200,
     bytes_reps=5,
     startup_reps=15,
+    abandoned_reps=3,
     ssh_trivial_reps=5,
     ssh_cpu_reps=3,
     ssh_bytes_reps=5,
@@ -98,6 +114,7 @@ QUICK = dict(
     bytes_n=40,
     bytes_reps=2,
     startup_reps=3,
+    abandoned_reps=1,
     ssh_trivial_reps=2,
     ssh_cpu_reps=2,
     ssh_bytes_reps=2,
@@ -274,12 +291,24 @@ def local_libs() -> list[Lib]:
 class Variant:
     """One timed way of running a workload: a library's map with a chunksize, or the serial loop."""
 
-    def __init__(self, name: str, label: str, lib: Lib | None, chunksize: int | None = None, fraction: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        label: str,
+        lib: Lib | None,
+        chunksize: int | None = None,
+        fraction: int = 1,
+        *,
+        fresh: bool = False,
+        before: Callable[[Lib, Any], None] | None = None,
+    ) -> None:
         self.name = name
         self.label = label
         self.lib = lib
         self.chunksize = chunksize
         self.fraction = fraction  # runs 1/fraction of the items; its time is multiplied by fraction
+        self.fresh = fresh  # each run on a new pool (started and ready, untimed; stopped after, untimed)
+        self.before = before  # run on the pool before each timed map (untimed)
 
 
 class Failures:
@@ -340,14 +369,27 @@ def run_map(
 
     def once(v: Variant, rep: int) -> tuple[float, float]:
         part = items[: len(items) // v.fraction]
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        if v.lib is None:
-            out = [func(x) for x in part]
-        else:
-            out = v.lib.map(pools[v.lib.name][0], func, part, v.chunksize)
-        t = time.perf_counter() - t0
-        c = time.process_time() - c0
+        pool = None
+        if v.lib is not None:
+            if v.fresh:
+                pool = v.lib.start()
+                v.lib.ready(pool)
+            else:
+                pool = pools[v.lib.name][0]
+            if v.before is not None:
+                v.before(v.lib, pool)
+        try:
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            if v.lib is None:
+                out = [func(x) for x in part]
+            else:
+                out = v.lib.map(pool, func, part, v.chunksize)
+            t = time.perf_counter() - t0
+            c = time.process_time() - c0
+        finally:
+            if v.fresh and v.lib is not None:
+                v.lib.stop(pool)
         if out != expected[: len(part)]:
             raise AssertionError("wrong results (%d values, first %r)" % (len(out), out[:3]))
         return t * v.fraction, c * v.fraction
@@ -530,10 +572,13 @@ def run_workloads(
         "trivial": "%strivial: %d x square(x), map" % (prefix, len(data["trivial"][0])),
         "cpu": "%scpu: %d tasks of %.1f ms, map" % (prefix, len(data["cpu"][0]), 1000 * data["cpu_task"]),
         "bytes": "%sbytes: %d distinct 1 MiB arguments, map" % (prefix, len(data["bytes"][0])),
+        "bytes-cold": "%sbytes-cold: the same, each on a new pool" % prefix,
+        "bytes-warm": "%sbytes-warm: the same, after 2000 tiny ones" % prefix,
     }
     funcs = {"trivial": tasks.square, "cpu": tasks.spin, "bytes": tasks.nbytes}
+    funcs["bytes-cold"] = funcs["bytes-warm"] = tasks.nbytes
     for key, vs in variants.items():
-        items, expected = data[key]
+        items, expected = data[key.split("-")[0]]
         before = execpool_counters(libs, pools)
         n_failed = len(failures.items)
         t0 = time.perf_counter()
@@ -559,6 +604,39 @@ def run_workloads(
                 )
         scenarios.append(scenario(titles[key], times, cpu, labels, ref[key], targets.get(key), failed))
     return scenarios, notes
+
+
+def _tiny_bytes_first(lib: Lib, pool: Any) -> None:
+    """bytes-warm's untimed first step: the same function over tiny arguments, default chunking."""
+    lib.map(pool, tasks.nbytes, [b"x"] * 2000, None)
+
+
+def bench_abandoned(reps: int, notes: list[str]) -> list[str]:
+    """The abandoned endless imap (see ``_pool_abandoned``): notes per library and hold; summary lines."""
+    import _pool_abandoned
+
+    t0 = time.perf_counter()
+    src = str(Path(execpool.__file__).resolve().parent.parent)
+    runs = _pool_abandoned.run(["execpool", "fork"], ABANDONED_HOLDS, reps, src)
+    print("  %-40s [%.1f s]" % ("abandoned imap (child processes)", time.perf_counter() - t0), flush=True)
+    labels = {"execpool": "execpool.Pool(2)", "fork": "multiprocessing.Pool(2) (fork)"}
+    for (kind, hold), rs in runs.items():
+        notes.append(
+            "abandoned imap, %s, leaving %s: %s"
+            % (labels[kind], "at once" if hold == 0 else "%.0f s after the break" % hold, _pool_abandoned.describe(rs))
+        )
+    notes.append(
+        "abandoned imap: `for x in pool.imap(abs, itertools.count()): break` in `with Pool(2)`, then the block is "
+        "left; each run a new child master under RLIMIT_AS %d GiB and a %.0f s timeout; RSS sampled every 2 ms "
+        "from when the pool is up (after a 64-task map) until the block was left"
+        % (_pool_abandoned.CAP >> 30, _pool_abandoned.CHILD_TIMEOUT)
+    )
+    ours = [r for (kind, _), rs in runs.items() if kind == "execpool" for r in rs]
+    met = _pool_abandoned.verdict(ours, ABANDONED_RSS, ABANDONED_EXIT)
+    return [
+        "abandoned imap, execpool.Pool: peak RSS above start < %d MiB and leaving < %.0f s in every run: %s"
+        % (ABANDONED_RSS >> 20, ABANDONED_EXIT, "met" if met else "NOT met")
+    ]
 
 
 def startup_scenarios(
@@ -611,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
 
     failures = Failures()
     scenarios: list[Scenario] = []
+    summary_extra: list[str] = []
     workloads = [w for w in ("trivial", "cpu", "bytes") if w in only]
 
     # the workloads' data, made up front (untimed)
@@ -618,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     spin_result = tasks.spin(n_spin)
     task_time = statistics.median(_timed(tasks.spin, n_spin) for _ in range(9))
     trivial_items = list(range(p["trivial_n"]))
-    blocks = [os.urandom(MiB) for _ in range(p["bytes_n"] if "bytes" in only else 4)]
+    any_bytes = any(w in only for w in ("bytes", "bytes-cold", "bytes-warm"))
+    blocks = [os.urandom(MiB) for _ in range(p["bytes_n"] if any_bytes else 4)]
     data: dict[str, Any] = {
         "trivial": (trivial_items, [x * x for x in trivial_items]),
         "cpu": ([n_spin] * p["cpu_n"], [spin_result] * p["cpu_n"]),
@@ -637,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     mp_chunk = -(-p["trivial_n"] // (4 * WORKERS))  # multiprocessing.Pool.map's automatic chunksize
     part = p["chunksize1_part"]
     print("== local: %d workers each ==" % WORKERS, flush=True)
-    if workloads:
+    if workloads or "bytes-cold" in only or "bytes-warm" in only:
         ep = by_name["execpool"]
         trivial_vs = [
             Variant("execpool", "execpool.Pool (automatic chunks)", ep),
@@ -660,6 +740,13 @@ def main(argv: list[str] | None = None) -> int:
             variants["cpu"] = [Variant("serial", "serial, in the master", None), *plain]
         if "bytes" in only:
             variants["bytes"] = plain
+        pair = [ep, by_name["mp-fork"]]
+        if "bytes-cold" in only:
+            variants["bytes-cold"] = [Variant(lib.name, lib.label + ", new pool", lib, fresh=True) for lib in pair]
+        if "bytes-warm" in only:
+            variants["bytes-warm"] = [
+                Variant(lib.name, lib.label + ", after tiny ones", lib, before=_tiny_bytes_first) for lib in pair
+            ]
         pools = start_pools(libs, warm, failures)
         try:
             scs, more = run_workloads(
@@ -668,9 +755,21 @@ def main(argv: list[str] | None = None) -> int:
                 variants,
                 pools,
                 data,
-                {"trivial": p["trivial_reps"], "cpu": p["cpu_reps"], "bytes": p["bytes_reps"]},
-                {"trivial": "mp-fork", "cpu": "ideal", "bytes": "mp-fork"},
-                {"trivial": ("execpool", 1.0), "cpu": ("execpool", 1.05), "bytes": ("execpool", 1.0)},
+                {
+                    "trivial": p["trivial_reps"],
+                    "cpu": p["cpu_reps"],
+                    "bytes": p["bytes_reps"],
+                    "bytes-cold": p["bytes_reps"],
+                    "bytes-warm": p["bytes_reps"],
+                },
+                {"trivial": "mp-fork", "cpu": "ideal", **dict.fromkeys(BYTES_WORKLOADS, "mp-fork")},
+                {
+                    "trivial": ("execpool", 1.0),
+                    "cpu": ("execpool", 1.05),
+                    "bytes": ("execpool", 1.0),
+                    "bytes-cold": ("execpool", 1.0),
+                    "bytes-warm": ("execpool", 1.0),
+                },
                 failures,
             )
             scenarios += scs
@@ -706,6 +805,14 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes: %d x os.urandom(1 MiB), made before the pools start; nbytes() returns len(data); default "
                 "chunking (multiprocessing's: %d MiB per chunk)" % (p["bytes_n"], -(-p["bytes_n"] // (4 * WORKERS)))
             )
+        if "bytes-cold" in variants or "bytes-warm" in variants:
+            notes.append(
+                "bytes-cold: each run starts a new pool and waits until its workers are up (untimed), times the "
+                "map, stops the pool (untimed); bytes-warm: each run first maps nbytes over 2000 x b'x' on the "
+                "warmed pool (untimed, default chunking), then the timed 1 MiB map of the same function"
+            )
+    if "abandoned" in only:
+        summary_extra += bench_abandoned(p["abandoned_reps"], notes)
     if "startup" in only:
         t0 = time.perf_counter()
         st = bench_startup(libs, p["startup_reps"], not args.quick, failures)
@@ -823,6 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     rev = source_revision(os.path.dirname(execpool.__file__))
     notes.append("RESULTS.md row: %s" % results_row("quick" if args.quick else "full", rev, scenarios))
     summary = [sc.summary(name) for sc in scenarios for name in sc.targets]
+    summary += summary_extra
     summary += ["FAILED: " + f for f in failures.items]
     left_local = wait_gone_workers(2.0)
     helpers = [pid for pid, cmd in descendants(os.getpid()).items() if is_helper(cmd)]

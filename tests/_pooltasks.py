@@ -113,3 +113,28 @@ def send_malformed_pool_message(item: tuple[int, int, Any]) -> int:
             message = tuple(frame.f_locals["cid"] if part == "<cid>" else part for part in message)
         worker.channel.send(message)
     return 2 * x
+
+
+def start_lingering_sleep(x: Any) -> int:
+    """Start ``sleep 300`` holding the worker's stdout and stderr (it inherits them); return its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
+def start_daemon_sleep(x: Any) -> int:
+    """Start ``sleep 300`` in a session of its own (a daemon started on purpose); return its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"], start_new_session=True).pid
+
+
+def log_and_wait_for(item: tuple[str, int, str]) -> int:
+    """Append ``x`` to ``logfile``, then wait (at most 60 s) until file ``go`` exists; return ``x``."""
+    logfile, x, go = item
+    with open(logfile, "a") as f:
+        f.write("%d\n" % x)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return x

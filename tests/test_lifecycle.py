@@ -7,9 +7,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import _pooltasks as tasks
 import execpool
 from _helpers import process_gone, run_master_script, start_master_script, wait_until
+from sshd import SshServer
 
 STUCK = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); channel.send(1)\\nwhile True: pass"
 
@@ -198,6 +203,21 @@ def test_a_daemon_in_a_session_of_its_own_is_left_running() -> None:
         os.kill(daemon, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("where", ["popen", "ssh"])
+def test_what_a_worker_started_ends_when_the_worker_is_killed_with_sigkill(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    spec = "popen" if where == "popen" else request.getfixturevalue("sshd_server").spec("host-b")
+    group = execpool.Group()
+    try:
+        gw = group.makegateway(spec)
+        lingering = gw.remote_exec(_LINGER % "False").receive(30)
+        os.kill(gw.remote_info().pid, signal.SIGKILL)  # nothing runs in the worker: its group guard ends the rest
+        assert wait_until(lambda: process_gone(lingering), 5), "the task's child outlived its killed worker"
+    finally:
+        group.terminate(timeout=5)
+
+
 def test_a_pool_leaves_nothing_its_tasks_started(tmp_path: Path) -> None:
     proc = run_master_script(
         """
@@ -270,3 +290,49 @@ def test_ending_gateways_right_after_their_hello_prints_no_interrupt(tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr
     assert "KeyboardInterrupt" not in proc.stderr, proc.stderr
+
+
+def _leave_a_pool_whose_tasks_left_sleeps(specs: Any) -> tuple[float, list[int]]:
+    with execpool.Pool(specs) as pool:
+        pids = pool.map(tasks.start_lingering_sleep, range(6), chunksize=1)
+        t = time.monotonic()
+    return time.monotonic() - t, pids
+
+
+def test_leaving_an_ssh_pool_ends_what_its_tasks_started_at_once(sshd_server: SshServer) -> None:
+    took, pids = _leave_a_pool_whose_tasks_left_sleeps([sshd_server.spec("host-b", "//workers=2")])
+    try:
+        assert took < 5, took
+        assert wait_until(lambda: all(process_gone(p) for p in pids), 5), pids
+    finally:
+        _kill_all(pids)
+
+
+def test_leaving_a_via_pool_ends_what_its_tasks_started_at_once() -> None:
+    group = execpool.Group()
+    relay = group.makegateway("popen//id=relay")
+    group.makegateways(["popen//via=%s" % relay.id] * 2)
+    took, pids = _leave_a_pool_whose_tasks_left_sleeps(group)  # the pool owns the group now
+    try:
+        assert took < 5, took
+        assert wait_until(lambda: all(process_gone(p) for p in pids), 5), pids
+    finally:
+        _kill_all(pids)
+
+
+def test_a_task_that_starts_a_daemon_in_its_own_session_keeps_it_over_ssh(sshd_server: SshServer) -> None:
+    with execpool.Pool([sshd_server.spec("host-b")]) as pool:
+        pid = pool.apply(tasks.start_daemon_sleep, (0,))
+    try:
+        time.sleep(0.5)
+        assert not process_gone(pid), "a process that left the worker's session is not the worker's to end"
+    finally:
+        _kill_all([pid])
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -89,7 +89,7 @@ def test_imap_reads_an_endless_generator_lazily(pool: execpool.Pool) -> None:
     assert list(itertools.islice(it, 50)) == list(range(50))
     wait_until(lambda: False, timeout=0.5)  # give the workers time to run ahead
     ahead = next(pulled)
-    assert ahead <= execpool.pool.IMAP_AHEAD + 50 + 1  # never more than the bound ahead of the consumer
+    assert ahead <= execpool.pool.DEFAULT_MAX_PENDING + 50 + 1  # never more than the bound ahead of the consumer
     assert next(it) == 50
 
 
@@ -574,8 +574,8 @@ def test_an_unclosed_pool_warns_and_ends_its_workers_when_collected() -> None:
 
 def test_leaving_a_with_block_runs_an_unread_imap_to_its_end() -> None:
     with execpool.Pool(2) as p:
-        it = p.imap(tasks.count, range(3 * execpool.pool.IMAP_AHEAD))  # more than the read-ahead bound
-    assert sum(it) == sum(range(3 * execpool.pool.IMAP_AHEAD))
+        it = p.imap(tasks.count, range(3 * execpool.pool.DEFAULT_MAX_PENDING))  # more than the read-ahead bound
+    assert sum(it) == sum(range(3 * execpool.pool.DEFAULT_MAX_PENDING))
 
 
 def test_async_result_callbacks_have_run_when_get_returns(pool: execpool.Pool) -> None:

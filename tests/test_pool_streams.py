@@ -9,11 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import _pooltasks as tasks
 import execpool
+from _helpers import wait_until
 
 #: Address space the child master may use: a regression that buffers results without bound
 #: fails with MemoryError instead of exhausting the machine.
@@ -104,3 +108,90 @@ def test_an_executor_shut_down_with_an_endless_map_unread_returns() -> None:
     with pytest.raises(execpool.ExecpoolError, match="the rest of the input"):
         for _ in results:
             pass
+
+
+def _tasks_run(pool: execpool.Pool) -> int:
+    return sum(s.tasks for s in pool.stats())
+
+
+def _open_stream(api: str, cleanup: list[execpool.Pool]) -> tuple[execpool.Pool, Iterator[Any]]:
+    """A stream of ``abs`` over an endless input, from ``api``, bounded at 20 pending results."""
+    if api == "Executor.map":
+        ex = execpool.Executor(2, max_pending=20)
+        cleanup.append(ex.pool)
+        return ex.pool, ex.map(abs, itertools.count())
+    if api == "imap per call":
+        pool = execpool.Pool(2)
+        cleanup.append(pool)
+        return pool, pool.imap(abs, itertools.count(), max_pending=20)
+    pool = execpool.Pool(2, max_pending=20)
+    cleanup.append(pool)
+    return pool, getattr(pool, api)(abs, itertools.count())
+
+
+@pytest.mark.parametrize("api", ["imap", "imap_unordered", "Executor.map", "imap per call"])
+def test_a_stream_stops_dispatching_at_max_pending_untaken_results(api: str, cleanup: list[execpool.Pool]) -> None:
+    pool, results = _open_stream(api, cleanup)
+    next(results)
+    assert wait_until(lambda: _tasks_run(pool) >= 21, 30)
+    time.sleep(1.0)  # the workers are idle, not running ahead
+    assert _tasks_run(pool) == 21  # the one taken, and max_pending=20 waiting for the consumer
+    for _ in range(10):
+        next(results)
+    assert wait_until(lambda: _tasks_run(pool) >= 31, 30)
+    time.sleep(0.5)
+    assert _tasks_run(pool) == 31
+
+
+def test_map_async_sends_at_most_max_pending_tasks_whose_results_are_not_in(
+    tmp_path: Path, cleanup: list[execpool.Pool]
+) -> None:
+    pool = execpool.Pool(2)
+    cleanup.append(pool)
+    log, go = tmp_path / "log", tmp_path / "go"
+    result = pool.map_async(tasks.log_and_wait_for, [(str(log), x, str(go)) for x in range(6)], 1, max_pending=1)
+    assert wait_until(log.exists, 30)
+    time.sleep(1.0)  # a second pool worker is idle: the one task out is the bound
+    assert log.read_text().split() == ["0"]
+    go.touch()
+    assert result.get(60) == list(range(6))
+
+
+def test_max_pending_must_be_a_positive_int(cleanup: list[execpool.Pool]) -> None:
+    with pytest.raises(ValueError, match="max_pending must be a positive int"):
+        execpool.Pool(1, max_pending=0)
+    pool = execpool.Pool(1)
+    cleanup.append(pool)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_pending must be a positive int"):
+            pool.imap(abs, [1], max_pending=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_pending must be a positive int"):
+            pool.map_async(abs, [1], max_pending=bad)  # type: ignore[arg-type]
+
+
+_BIG_RESULTS = """
+import itertools, resource, time, execpool
+API = %r
+with execpool.Executor(2, max_pending=64) as ex:
+    pool = ex.pool
+    if API == "Executor.map":
+        results = ex.map(bytes, itertools.repeat(1 << 20))
+    else:
+        results = getattr(pool, API)(bytes, itertools.repeat(1 << 20))
+    next(results)
+    time.sleep(2.0)  # 1 MiB results: without the bound the workers would fill the master
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, sum(s.tasks for s in pool.stats()))
+"""
+
+
+@pytest.mark.parametrize("api", ["imap", "imap_unordered", "Executor.map"])
+def test_untaken_results_stay_bounded_in_memory(api: str, tmp_path: Path) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(_BIG_RESULTS % api)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, preexec_fn=_limited
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rss_mib, ran = proc.stdout.split()
+    assert int(ran) <= 65, proc.stdout
+    assert int(rss_mib) < 400, proc.stdout

@@ -9,7 +9,9 @@ worker's stderr line by line to the local ``sys.stderr`` prefixed with the
 gateway id (keeping the last lines for error messages), and stops the process:
 politely through the protocol first, then with SIGKILL to its whole process
 group.  Workers run in a session of their own so that a Ctrl-C in the
-master's terminal reaches the master only; the master then ends them.
+master's terminal reaches the master only; the master then ends them.  What
+a worker's code leaves behind when the worker exits by itself is ended by the
+worker's own group guard (``_shipped/procgroup.py``), as over ssh.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -193,19 +194,14 @@ class PopenTransport(StderrRelay):
     def wait(self, timeout: float | None) -> int | None:
         """Wait for the process to exit; return its status, or None on timeout.
 
-        Once the worker process has exited, what is left of its process group (processes its
-        code started and left behind) is killed before the worker is reaped: until then its pid,
-        and so the group's id, cannot belong to anyone else.
+        What is left of the worker's process group once it exited (processes its code started
+        and left behind) is ended by the worker's own guard (``_shipped/procgroup.py``), on
+        every system: nothing here waits for the pipes those processes may hold.
         """
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return None
-        if proc.returncode is None and _CAN_WAIT_UNREAPED:
-            if not _exited(proc.pid, timeout):
-                return None
-            self._kill_group()
         try:
-            return proc.wait(timeout)
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
 
@@ -249,24 +245,3 @@ def describe_status(status: int | None) -> str:
         except ValueError:
             return "killed by signal %d" % -status
     return "exit status %d" % status
-
-
-#: os.waitid (waiting without reaping) is missing on macOS: there, what a worker left behind is
-#: only ended when the worker is killed, not after it exited by itself.
-_CAN_WAIT_UNREAPED = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
-
-
-def _exited(pid: int, timeout: float | None) -> bool:
-    """Whether the child ``pid`` exits within ``timeout`` seconds (None: wait), without reaping it."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
-                return True
-        except ChildProcessError:
-            return True  # reaped already (by another thread's wait)
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.02)

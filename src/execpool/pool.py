@@ -37,8 +37,9 @@ from .group import Group
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminated", "WorkerStats"]
 
-#: Most tasks an imap iterator lets the workers run ahead of its consumer.
-IMAP_AHEAD = 10_000
+#: The default of ``max_pending`` for streams (imap, imap_unordered, Executor.map): the most tasks of
+#: one call whose results its reader has not taken before the pool stops dispatching that call.
+DEFAULT_MAX_PENDING = 10_000
 
 
 class AsyncResult:
@@ -57,8 +58,9 @@ class AsyncResult:
         callback: Callable[[Any], Any] | None,
         error_callback: Callable[[BaseException], Any] | None,
         single: bool,
+        max_pending: int | None = None,
     ) -> None:
-        self.job = Job(func, iter(items), len(items), mode, chunksize, self)
+        self.job = Job(func, iter(items), len(items), mode, chunksize, self, limit=max_pending)
         self._values: list[Any] = [None] * len(items)
         self._single = single
         self._callback = callback
@@ -142,8 +144,8 @@ class _Failed:
 class IMapIterator:
     """The iterator :meth:`Pool.imap` and :meth:`Pool.imap_unordered` return.
 
-    The input is consumed lazily, at most ``IMAP_AHEAD`` tasks ahead of the
-    consumer, so an endless generator works.  A task's exception is raised
+    The input is consumed lazily, at most ``max_pending`` tasks ahead of the
+    consumer (the pool's, or the call's), so an endless generator works.  A task's exception is raised
     at its position; iteration can go on past it.  ``next(timeout)`` raises
     ``multiprocessing.TimeoutError`` when nothing arrives in time.
     """
@@ -157,12 +159,13 @@ class IMapIterator:
         chunksize: int | None,
         ordered: bool,
         blocking_interrupt: Callable[[], None],
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
         # The job holds this iterator weakly: one the caller drops ends the job (the rest of
         # its input is not run), instead of results piling up for no one.
         weak = WeakSink(self)
-        self.job = Job(func, iter(items), total, mode, chunksize, weak, limit=IMAP_AHEAD)
+        self.job = Job(func, iter(items), total, mode, chunksize, weak, limit=max_pending, stream=True)
         job = self.job
         weak.gone = lambda: sched.abandoned(job)
         self._sched = sched
@@ -267,6 +270,13 @@ class Pool:
     - ``serve_modules``: let workers import the master's pure-Python modules.
     - ``processes``: as in :mod:`multiprocessing`, a number of local workers
       (the same as passing the number as ``specs``).
+    - ``max_pending``: the most tasks of one call whose results its consumer
+      has not taken; at the bound the pool stops dispatching that call until
+      the consumer takes one.  Default: ``DEFAULT_MAX_PENDING`` (10 000) for
+      ``imap``, ``imap_unordered`` and ``Executor.map``; no bound for the map
+      family, whose result list holds every result anyway.  Given here, it
+      applies to all; ``imap``, ``imap_unordered``, ``map_async`` and
+      ``starmap_async`` also take a per-call ``max_pending=``.
 
     Leaving a ``with`` block waits for submitted work and ends the workers;
     an exception inside the block terminates the pool instead.
@@ -287,7 +297,11 @@ class Pool:
         trust_workers: bool = True,
         serve_modules: bool = True,
         processes: int | None = None,
+        max_pending: int | None = None,
     ) -> None:
+        # None: streams get DEFAULT_MAX_PENDING; the map family, whose result lists hold every result
+        # by contract, is not bounded unless the pool or the call says so (a bound costs chunk size)
+        self._max_pending = None if max_pending is None else _check_max_pending(max_pending, "Pool")
         if processes is not None:  # multiprocessing.Pool's name for a number of local workers
             if specs is not None:
                 raise TypeError("give Pool either specs or processes, not both")
@@ -342,11 +356,13 @@ class Pool:
         callback: Any,
         error_callback: Any,
         single: bool = False,
+        max_pending: int | None = None,
     ) -> AsyncResult:
         _check_chunksize(chunksize)
+        limit = self._max_pending if max_pending is None else _check_max_pending(max_pending, "map_async")
         if not callable(func):
             raise TypeError("%r is not callable" % (func,))
-        result = AsyncResult(func, list(items), mode, chunksize, callback, error_callback, single)
+        result = AsyncResult(func, list(items), mode, chunksize, callback, error_callback, single, limit)
         self._sched.submit(result.job, self._progress)
         return result
 
@@ -379,9 +395,14 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        max_pending: int | None = None,
     ) -> AsyncResult:
-        """``[func(x) for x in iterable]`` on the workers; return an :class:`AsyncResult`."""
-        return self._async(func, iterable, MODE_MAP, chunksize, callback, error_callback)
+        """``[func(x) for x in iterable]`` on the workers; return an :class:`AsyncResult`.
+
+        ``max_pending`` (default: the pool's, if it has one; else no bound): the most tasks sent
+        whose results are not yet in the result list."""
+        return self._async(func, iterable, MODE_MAP, chunksize, callback, error_callback, max_pending=max_pending)
 
     def map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
         """``[func(x) for x in iterable]``, computed by the workers, in input order."""
@@ -395,9 +416,12 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        max_pending: int | None = None,
     ) -> AsyncResult:
         """``[func(*args) for args in iterable]`` on the workers; return an :class:`AsyncResult`."""
-        return self._async(func, [tuple(a) for a in iterable], MODE_STAR, chunksize, callback, error_callback)
+        items = [tuple(a) for a in iterable]
+        return self._async(func, items, MODE_STAR, chunksize, callback, error_callback, max_pending=max_pending)
 
     def starmap(
         self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
@@ -413,23 +437,42 @@ class Pool:
         chunksize: int | None,
         ordered: bool,
         mode: int = MODE_MAP,
+        max_pending: int | None = None,
     ) -> IMapIterator:
         _check_chunksize(chunksize)
+        if max_pending is not None:
+            limit = _check_max_pending(max_pending, "imap")
+        else:
+            limit = DEFAULT_MAX_PENDING if self._max_pending is None else self._max_pending
         if not callable(func):
             raise TypeError("%r is not callable" % (func,))
-        it = IMapIterator(self._sched, func, iterable, mode, chunksize, ordered, self.terminate)
+        it = IMapIterator(self._sched, func, iterable, mode, chunksize, ordered, self.terminate, limit)
         self._sched.submit(it.job, self._progress)
         return it
 
-    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None) -> IMapIterator:
-        """Like :meth:`map`, but lazy: an iterator over the results, in input order."""
-        return self._imap(func, iterable, chunksize, True)
+    def imap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        max_pending: int | None = None,
+    ) -> IMapIterator:
+        """Like :meth:`map`, but lazy: an iterator over the results, in input order.
+
+        At most ``max_pending`` (default: the pool's) tasks run ahead of the iterator's reader."""
+        return self._imap(func, iterable, chunksize, True, max_pending=max_pending)
 
     def imap_unordered(
-        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        max_pending: int | None = None,
     ) -> IMapIterator:
         """Like :meth:`imap`, but results come in the order they finish."""
-        return self._imap(func, iterable, chunksize, False)
+        return self._imap(func, iterable, chunksize, False, max_pending=max_pending)
 
     # -- the pool's life -------------------------------------------------------------------------
 
@@ -478,6 +521,12 @@ class Pool:
         """Per slot (one pool worker and its replacements): spec, host, Python, tasks, failures,
         busy/idle seconds, bytes, restarts."""
         return self._sched.stats()
+
+
+def _check_max_pending(max_pending: object, where: str) -> int:
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError("%s: max_pending must be a positive int, not %r" % (where, max_pending))
+    return max_pending
 
 
 def _check_chunksize(chunksize: int | None) -> None:

@@ -3,7 +3,7 @@
 Owned by the scheduler thread (nothing here is touched by any other thread):
 it pulls chunks lazily from the jobs' input iterators in submission order
 (chunks put back after a loss first), sizes them (:mod:`.chunking`), keeps a
-stream at most ``limit`` tasks ahead of its consumer, keeps jobs whose
+job at most ``limit`` (``max_pending``) tasks ahead of its consumer, keeps jobs whose
 function or arguments travel by value (cloudpickle) on slots of the master's
 Python, and sends a chunk's function (once per pool worker) and tasks.
 """
@@ -119,7 +119,7 @@ class Dispatcher:
         tasks already pulled finish, then its iterator raises an error that says so.
         """
         for job in self.jobs:
-            if job.limit is None or job.ended:
+            if not job.stream or job.limit is None or job.ended:
                 continue
             if job.total is not None:
                 job.limit = None
@@ -221,7 +221,7 @@ class Dispatcher:
                 if job.done():
                     finished.append(job)
                 continue
-            if job.limit is not None:  # a stream: not more than ``limit`` tasks ahead of its consumer
+            if job.limit is not None:  # not more than ``limit`` tasks ahead of its consumer
                 # Flag first, then look: a consumer that takes a result after the flag is set
                 # wakes us; one that took it before is seen in outstanding() (no lost wake-up).
                 job.throttled = True
@@ -235,7 +235,7 @@ class Dispatcher:
                 slots=nslots,
                 chunksize=job.chunksize,
                 bytes_per_task=job.bytes_per_item,
-                read_ahead=job.limit,
+                read_ahead=_read_ahead(job),
                 budget=None if self.maxtasks is None else self.maxtasks - slot.dispatched,
                 one_at_a_time=self.timeout is not None,
                 sizes_unmeasured=job.bytes_per_item == 0.0,
@@ -335,3 +335,12 @@ class Dispatcher:
             % (what, job.describe(), size, slot.gw._max_frame if slot.gw is not None else 0, slot.where())
         )
         self.fail_chunk(chunk, err)
+
+
+def _read_ahead(job: Job) -> int | None:
+    """The bound chunk sizing keeps a job's chunks inside: a stream's ``limit`` (its chunks stay well
+    inside it, for a consumer that reads as results arrive); for a map, whose results leave the bound
+    as they arrive, a chunk may be a slot's whole share of it (``limit / slots``)."""
+    if job.limit is None or job.stream:
+        return job.limit
+    return 2 * chunking.WINDOW * job.limit

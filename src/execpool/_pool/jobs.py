@@ -118,6 +118,7 @@ class Job:
         chunksize: int | None,
         sink: Sink,
         limit: int | None = None,
+        stream: bool = False,
     ) -> None:
         self.func = func
         self.items = items
@@ -125,10 +126,13 @@ class Job:
         self.mode = mode
         self.chunksize = chunksize
         self.sinks: list[Sink] = [sink]
-        #: most tasks pulled but not yet consumed (streams only; None: no bound)
+        #: most tasks pulled whose results the consumer has not taken (``max_pending``; None: no bound)
         self.limit = limit
+        #: True for imap-like jobs, whose consumer takes results one by one from its own thread
+        #: (:meth:`consumed_one`); otherwise a result is taken when it is delivered to the sinks.
+        self.stream = stream
         self.throttled = False  # set by the scheduler while a stream waits for its consumer
-        self.consumed = 0  # results the consumer took (streams only; written by the consumer)
+        self.consumed = 0  # results the consumer took (a stream's consumer writes it)
         self.state = JobState.OPEN if total != 0 else JobState.EXHAUSTED
         self.fid = 0
         self.fpayload = b""
@@ -187,7 +191,7 @@ class Job:
         return self.prior
 
     def outstanding(self) -> int:
-        """Tasks pulled from the input whose results the consumer has not taken (streams only)."""
+        """Tasks pulled from the input whose results the consumer has not taken."""
         return self.next_index - self.consumed
 
     def consumed_one(self) -> bool:
@@ -200,6 +204,8 @@ class Job:
 
     def deliver(self, indices: range | list[int], values: list[Any], errors: dict[int, BaseException]) -> None:
         self.pending -= len(indices)
+        if not self.stream:
+            self.consumed += len(indices)  # in its place in the result: taken
         more = True
         for sink in self.sinks:
             more = sink.deliver(indices, values, errors) and more

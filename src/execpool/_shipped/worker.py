@@ -20,6 +20,9 @@ Standard streams: the protocol uses duplicates of fds 0 and 1; fd 0 is then
 ``/dev/null`` and fd 1 a copy of fd 2, so ``print`` and any write to fd 1 or 2
 goes to the worker's stderr, which the master relays prefixed with the gateway id.
 
+Process group: the worker process leads one, and a guard process ends it once the worker
+process is gone, so what its code started does not outlive it (see ``procgroup``).
+
 Shipped to remote interpreters as source: stdlib only, CPython 3.8+.
 """
 
@@ -30,6 +33,7 @@ import sys
 import threading
 from _queue import SimpleQueue
 
+from . import procgroup as _procgroup
 from . import trace as _trace
 from .connection import BaseGateway, FdIO, enlarge_pipe
 from .errors import DataFormatError, ProtocolError
@@ -320,6 +324,7 @@ def report_info(channel: Any) -> None:
 
 def main(config: Dict[str, Any]) -> None:
     """Entry point, called by the bootstrap with the master's configuration."""
+    _procgroup.guard_group()  # first: before any thread starts
     _trace.configure(config.get("debug", 0), "worker %s" % config.get("id"))
     rfd = os.dup(0)
     wfd = os.dup(1)
