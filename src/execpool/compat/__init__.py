@@ -6,7 +6,9 @@ execpool's own API spells differently: ``HostNotFound``, ``LoadError``,
 the spec, ``Group.execmodel``/``remote_execmodel`` as objects, and the
 ``execnet.gateway_base``, ``execnet.multi``, ... submodules.  Everything else is
 execpool's own class under the same name (``Channel``, ``Gateway``, ``XSpec``,
-``RSync``, ...), so a client gets execpool's behaviour, not an imitation.
+...), so a client gets execpool's behaviour, not an imitation; ``RSync`` is a
+subclass of execpool's with execnet's semantics (targets forgotten after
+``send()``, execnet's callback arguments).
 
 Use it in one of three ways:
 
