@@ -338,9 +338,10 @@ class Dispatcher:
 
 
 def _read_ahead(job: Job) -> int | None:
-    """The bound chunk sizing keeps a job's chunks inside: a stream's ``limit`` (its chunks stay well
-    inside it, for a consumer that reads as results arrive); for a map, whose results leave the bound
-    as they arrive, a chunk may be a slot's whole share of it (``limit / slots``)."""
+    """The read-ahead bound chunk sizing keeps a job's chunks inside: a stream's ``limit`` (its chunks
+    stay well inside it, for a consumer that reads as results arrive); for a map, whose results leave
+    the bound as they arrive, a chunk may be a slot's whole share of it: chunk sizing divides the
+    read-ahead by ``2 * WINDOW * slots``, so ``2 * WINDOW * limit`` gives ``limit / slots``."""
     if job.limit is None or job.stream:
         return job.limit
     return 2 * chunking.WINDOW * job.limit
