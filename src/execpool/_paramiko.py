@@ -48,7 +48,7 @@ class ChannelIO:
         buf[:n] = data
         return n
 
-    def write(self, header: bytes, payload: bytes = b"") -> None:
+    def write(self, header: bytes, payload: bytes = b"", extra: Any = None) -> None:
         if self._wclosed:
             raise OSError("the ssh session's input is closed")
         try:
@@ -57,6 +57,8 @@ class ChannelIO:
             else:
                 self.chan.sendall(header)
                 self.chan.sendall(payload)
+            for buf in extra or ():
+                self.chan.sendall(bytes(buf))  # paramiko slices what it sends: give it bytes
         except OSError:
             raise
         except Exception as exc:  # paramiko.SSHException and friends

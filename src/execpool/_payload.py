@@ -27,6 +27,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from ._shipped import poolmsg as _msg
 from ._shipped import serial as _serial
 from ._shipped.errors import RemoteError
 
@@ -86,21 +87,29 @@ def dumps_function(func: Callable[..., Any]) -> tuple[bytes, bool]:
     return cloudpickle.dumps(func, PROTOCOL), True
 
 
-def dumps_items(items: Any) -> tuple[bytes, bool]:
-    """Pickle task arguments; return (bytes, by_value)."""
+def dumps_items(items: Any) -> tuple[bytes, list[Any], bool]:
+    """Pickle task arguments; return (bytes, out-of-band buffers, by_value).
+
+    Buffers of at least :data:`~execpool._shipped.poolmsg.OOB_MIN` bytes (numpy arrays,
+    bytes, ...) stay out of the pickle: they are written to the worker as they are.
+    """
     try:
-        return pickle.dumps(items, PROTOCOL), False
+        data, bufs = _msg.dumps_oob(items, PROTOCOL)
+        return data, bufs, False
     except Exception:
         pass
     import cloudpickle
 
-    return cloudpickle.dumps(items, PROTOCOL), True
+    data, bufs = _msg.dumps_oob(items, PROTOCOL, cloudpickle.dumps)
+    return data, bufs, True
 
 
-def loads_results(data: bytes, trusted: bool) -> Any:
+def loads_results(data: bytes, trusted: bool, buffers: Any = ()) -> Any:
+    """Load a RESULTS message's data: pickle when the pool trusts its workers, else the
+    restricted loader (which builds no object but builtin values)."""
     if trusted:
-        return pickle.loads(data)
-    return _serial.loads(data)
+        return pickle.loads(data, buffers=buffers)
+    return _serial.loads(data, buffers=list(buffers) if buffers else None)
 
 
 def rebuild_exception(pack: Any, trusted: bool, where: str) -> BaseException:

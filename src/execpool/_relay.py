@@ -84,10 +84,10 @@ class RelayIO:
         buf[: len(data)] = data
         return len(data)
 
-    def write(self, header: bytes, payload: bytes = b"") -> None:
+    def write(self, header: bytes, payload: bytes = b"", extra: Any = None) -> None:
         if self._wclosed:
             raise OSError("the relayed worker's input is closed")
-        data = header + payload
+        data = b"".join([header, payload, *(extra or ())])
         try:
             for start in range(0, len(data), _CHUNK):  # stay well under the via gateway's frame cap
                 self._t.chan.send(data[start : start + _CHUNK])

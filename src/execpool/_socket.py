@@ -88,7 +88,7 @@ class SocketIO:
             self._ended.set()
         return n
 
-    def write(self, header: bytes, payload: bytes = b"") -> None:
+    def write(self, header: bytes, payload: bytes = b"", extra: Any = None) -> None:
         if self._wclosed:
             raise OSError("the connection's sending side is closed")
         if len(payload) < 65536:
@@ -96,6 +96,8 @@ class SocketIO:
         else:
             self.sock.sendall(header)
             self.sock.sendall(payload)
+        for buf in extra or ():
+            self.sock.sendall(buf)
 
     def close_write(self) -> None:
         if self._wclosed:

@@ -95,7 +95,7 @@ class Dispatcher:
             err = _payload.rebuild_exception(whole[0], trusted, "%s, task #%s" % (where, chunk.indices[0]))
             return [None] * n, dict.fromkeys(range(n), err)
         try:
-            values = _payload.loads_results(msg.data, trusted)
+            values = _payload.loads_results(msg.data, trusted, msg.buffers)
         except Exception as exc:
             failed = ExecpoolError("cannot load the results from %s: %s: %s" % (where, type(exc).__name__, exc))
             return [None] * n, dict.fromkeys(range(n), failed)
@@ -135,6 +135,7 @@ class Dispatcher:
         for c in reversed(chunks):
             if not c.job.ended:
                 c.payload = None
+                c.buffers = []
                 self.retry.appendleft(c)
 
     def fail_all(self, exc: BaseException) -> None:
@@ -266,16 +267,14 @@ class Dispatcher:
         assert ch is not None
         try:
             if chunk.payload is None:
-                chunk.payload, by_value = _payload.dumps_items(chunk.items)
+                chunk.payload, chunk.buffers, by_value = _payload.dumps_items(chunk.items)
                 if by_value and not job.by_value_items:
                     job.by_value_items = True
                     self.needs_mine.add(job)
                     if not self._compatible(slot, job):
                         self.retry.appendleft(chunk)
                         return
-                job.bytes_per_item = chunking.next_bytes_per_task(
-                    job.bytes_per_item, len(chunk.payload), len(chunk.indices)
-                )
+                job.bytes_per_item = chunking.next_bytes_per_task(job.bytes_per_item, chunk.size(), len(chunk.indices))
         except Exception as exc:
             err = TypeError(
                 "cannot send the arguments of tasks #%d-#%d of %s: %s"
@@ -299,8 +298,8 @@ class Dispatcher:
                 ch.send((_msg.FUNCTION, job.fid, job.fpayload))
                 slot.funcs.add(job.fid)
                 slot.stats.bytes_sent += len(job.fpayload)
-            ch.send((_msg.TASKS, chunk.cid, job.fid, job.mode, chunk.payload))
-            slot.stats.bytes_sent += len(chunk.payload)
+            ch.send((_msg.TASKS, chunk.cid, job.fid, job.mode, chunk.payload, chunk.buffers))
+            slot.stats.bytes_sent += chunk.size()
         except DumpError:  # over the frame cap: nothing was written
             self._unsend(slot, chunk)
             self._oversized(slot, chunk)
@@ -327,7 +326,7 @@ class Dispatcher:
             self.retry.extendleft(reversed(singles))
             return
         what = "the function" if job.fid not in slot.funcs else "the arguments of task #%d" % chunk.indices[0]
-        size = len(job.fpayload) if job.fid not in slot.funcs else len(chunk.payload or b"")
+        size = len(job.fpayload) if job.fid not in slot.funcs else chunk.size()
         err = ValueError(
             "%s of %s pickle to %d bytes, over the frame cap of %d bytes of %s: raise the cap with max_frame= "
             "in the pool's specs or EXECPOOL_MAX_FRAME_SIZE, or better, send a path the pool workers can read "

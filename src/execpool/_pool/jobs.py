@@ -243,6 +243,9 @@ class Job:
                 sink.finish()
             except Exception:
                 traceback.print_exc()
+        # A result object holds its job; the job must not hold it back: without this cycle the
+        # results (large arrays, say) go as soon as the caller drops them, not at the next gc.
+        self.sinks = []
 
     def close_progress(self) -> None:
         """Close a progress bar of a job the pool abandons."""
@@ -254,7 +257,18 @@ class Job:
 class Chunk:
     """Consecutive (or, after a loss, single) tasks of one job sent to one pool worker together."""
 
-    __slots__ = ("attempts", "cid", "indices", "items", "job", "payload", "queued_behind", "sent_at", "unattributed")
+    __slots__ = (
+        "attempts",
+        "buffers",
+        "cid",
+        "indices",
+        "items",
+        "job",
+        "payload",
+        "queued_behind",
+        "sent_at",
+        "unattributed",
+    )
 
     def __init__(self, cid: int, job: Job, indices: range | list[int], items: list[Any], attempts: int) -> None:
         self.cid = cid
@@ -264,8 +278,16 @@ class Chunk:
         self.attempts = attempts  # worker process deaths charged to this (single-task) chunk
         self.unattributed = 0  # deaths of a larger chunk it was part of, charged if it kills again
         self.payload: bytes | None = None
+        self.buffers: list[Any] = []  # the payload's out-of-band pickle buffers
         self.sent_at: float | None = None
         self.queued_behind = 0
+
+    def size(self) -> int:
+        """Bytes of the chunk's arguments on the wire (0 before they are pickled)."""
+        if self.payload is None:
+            return 0
+        extra: int = sum(b.raw().nbytes for b in self.buffers)
+        return len(self.payload) + extra
 
 
 def charge_loss(suspect: Chunk, cids: Iterator[int]) -> list[Chunk]:

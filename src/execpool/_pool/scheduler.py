@@ -347,7 +347,7 @@ class Scheduler:
             s.stats.tasks += n
             s.stats.busy += msg.busy
             s.busy_since_ready += msg.busy
-            s.stats.bytes_received += len(msg.data)
+            s.stats.bytes_received += _msg.size_of(msg.data, msg.buffers)
             if msg.errors:
                 s.stats.failures += len(msg.errors)
         if s.current == msg.cid:

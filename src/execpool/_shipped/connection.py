@@ -35,8 +35,27 @@ import threading
 from . import trace as _trace
 from .channel import Channel
 from .errors import ChannelClosedError, DataFormatError, DumpError, ProtocolError
-from .frames import CLOSE, CLOSE_ERROR, DATA, HEADER, FrameParser, type_name
-from .serial import dumps, loads
+from .frames import (
+    BUF_BYTES,
+    BUF_READONLY,
+    BUF_WRITABLE,
+    CLOSE,
+    CLOSE_ERROR,
+    DATA,
+    HEADER,
+    PARTS,
+    PARTS_HEAD,
+    FrameParser,
+    parts_prefix,
+    read_parts_prefix,
+    type_name,
+)
+from .serial import OOB_MIN, dumps_parts, loads
+
+try:
+    from _pickle import PickleBuffer
+except ImportError:  # pragma: no cover - non-CPython
+    from pickle import PickleBuffer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,6 +67,8 @@ READ_SIZE = 256 * 1024
 LARGE = 128 * 1024
 _SMALL = 64 * 1024
 _F_SETPIPE_SZ = 1031  # Linux fcntl command
+#: Most buffers one writev() call takes (Linux's IOV_MAX is 1024).
+_IOV_MAX = 1024
 #: Channels the peer may have open at once on one connection (``EXECPOOL_MAX_CHANNELS``).
 DEFAULT_MAX_CHANNELS = 1024
 
@@ -93,6 +114,33 @@ def enlarge_pipe(fd: int, size: int = 1024 * 1024) -> None:
         pass
 
 
+def _as_kind(buf: bytearray, kind: int) -> Any:
+    if kind == BUF_BYTES:
+        return bytes(buf)
+    if kind == BUF_READONLY:
+        return memoryview(buf).toreadonly()
+    return buf
+
+
+def _split_parts(payload: Any) -> Any:
+    """``(pickle, buffers)`` of a PARTS payload: as read by ``_read_parts``, or whole bytes."""
+    if type(payload) is tuple:
+        return payload
+    if type(payload) is str:  # _read_parts found the table broken
+        raise DataFormatError("malformed PARTS message: %s" % payload)
+    try:
+        size, pickle_len, entries = read_parts_prefix(payload, len(payload))
+    except ValueError as exc:
+        raise DataFormatError("malformed PARTS message: %s" % exc) from None
+    view = memoryview(payload)
+    pos = size + pickle_len
+    bufs = []
+    for n, kind in entries:
+        bufs.append(_as_kind(bytearray(view[pos : pos + n]), kind))
+        pos += n
+    return bytes(view[size : size + pickle_len]), bufs
+
+
 class FdIO:
     """Blocking byte transport over a read fd and a write fd (pipes, sockets)."""
 
@@ -108,9 +156,10 @@ class FdIO:
     def readinto(self, buf: Any) -> int:
         return os.readv(self.rfd, [buf])
 
-    def write(self, header: bytes, payload: bytes = b"") -> None:
+    def write(self, header: bytes, payload: bytes = b"", extra: Any = None) -> None:
+        """Write a frame: ``header``, ``payload``, then the buffers of ``extra`` (scatter-gather)."""
         fd = self.wfd
-        if len(payload) < _SMALL:
+        if extra is None and len(payload) < _SMALL:
             data = header + payload
             n = os.write(fd, data)
             if n < len(data):
@@ -119,13 +168,16 @@ class FdIO:
                     view = view[os.write(fd, view) :]
             return
         parts = [memoryview(header), memoryview(payload)]
-        while parts:
-            n = os.writev(fd, parts)
-            while parts and n >= len(parts[0]):
-                n -= len(parts[0])
-                parts.pop(0)
+        if extra:
+            parts.extend(extra)
+        i = 0
+        while i < len(parts):
+            n = os.writev(fd, parts[i : i + _IOV_MAX])
+            while i < len(parts) and n >= parts[i].nbytes:
+                n -= parts[i].nbytes
+                i += 1
             if n:
-                parts[0] = parts[0][n:]
+                parts[i] = parts[i][n:]
 
     def close_write(self) -> None:
         if not self._wclosed:
@@ -227,18 +279,32 @@ class BaseGateway:
     # -- sending -------------------------------------------------------------------
 
     def _send_item(self, cid: int, item: Any) -> None:
-        self._send(DATA, cid, dumps(item, self._channel_id))
+        if type(item) is bytes and len(item) >= OOB_MIN:
+            item = PickleBuffer(item)  # written after the pickle, not copied into it
+        data, bufs = dumps_parts(item, self._channel_id)
+        if not bufs:
+            self._send(DATA, cid, data)
+            return
+        kinds = [
+            (b.nbytes, BUF_BYTES if type(b.obj) is bytes else BUF_READONLY if b.readonly else BUF_WRITABLE)
+            for b in bufs
+        ]
+        self._send(PARTS, cid, parts_prefix(len(data), kinds) + data, extra=bufs)
 
-    def _send(self, mtype: int, cid: int, payload: bytes = b"", lock_timeout: float = -1) -> None:
-        """Write one frame.  With ``lock_timeout`` >= 0, give up (ChannelClosedError) if
-        another sender holds the write lock that long, e.g. blocked on a peer that stopped."""
-        if len(payload) > self._max_frame:
+    def _send(self, mtype: int, cid: int, payload: bytes = b"", lock_timeout: float = -1, extra: Any = None) -> None:
+        """Write one frame (``extra``: buffers written after ``payload``, part of it).  With
+        ``lock_timeout`` >= 0, give up (ChannelClosedError) if another sender holds the write
+        lock that long, e.g. blocked on a peer that stopped."""
+        length = len(payload)
+        if extra:
+            length += sum(b.nbytes for b in extra)
+        if length > self._max_frame:
             raise DumpError(
                 "a %s message of %d bytes is larger than the frame cap of %d bytes on %s: "
                 "send it in pieces, or raise the cap with max_frame= in the spec (both sides) "
-                "or EXECPOOL_MAX_FRAME_SIZE" % (type_name(mtype), len(payload), self._max_frame, self.id)
+                "or EXECPOOL_MAX_FRAME_SIZE" % (type_name(mtype), length, self._max_frame, self.id)
             )
-        header = _pack_header(mtype, cid, len(payload))
+        header = _pack_header(mtype, cid, length)
         if not self._wlock.acquire(timeout=lock_timeout):
             raise ChannelClosedError("cannot send to %s: another sender is blocked writing to it" % self.id)
         try:
@@ -247,13 +313,16 @@ class BaseGateway:
             if self._write_closed is not None:
                 raise ChannelClosedError("cannot send to %s: %s" % (self.id, self._write_closed))
             try:
-                self._io.write(header, payload)
+                if extra:
+                    self._io.write(header, payload, extra)
+                else:
+                    self._io.write(header, payload)
             except OSError as exc:
                 raise ChannelClosedError("cannot send to %s: the connection is broken (%s)" % (self.id, exc)) from exc
         finally:
             self._wlock.release()
         if _trace._level:
-            _trace.trace("sent", type_name(mtype), "channel", cid, "bytes", len(payload))
+            _trace.trace("sent", type_name(mtype), "channel", cid, "bytes", length)
 
     def _close_write(self, reason: str, timeout: float = 2.0) -> bool:
         """Stop writing: close the write side under the write lock, so that no sender can
@@ -314,7 +383,7 @@ class BaseGateway:
                         large = parser.take_large(LARGE)
                         if large is None:
                             break
-                        frame = self._read_rest(*large)
+                        frame = self._read_parts(*large) if large[0] == PARTS else self._read_rest(*large)
                         if frame is None:
                             reason = "the connection ended in the middle of a %d-byte frame" % large[2]
                             return
@@ -345,11 +414,68 @@ class BaseGateway:
         view.release()
         return (mtype, cid, payload)
 
+    def _read_parts(self, mtype: int, cid: int, length: int, part: bytes) -> Any:
+        """Read the rest of a large PARTS payload: the pickle, then each buffer straight into
+        its own bytearray (None at EOF).  A payload whose table does not add up is read to
+        its end and becomes a bad item of its channel, as undecodable DATA does."""
+        io = self._io
+        head = bytearray(part)
+
+        def fill(n: int) -> bool:
+            while len(head) < n:
+                more = io.read(min(n - len(head), READ_SIZE))
+                if not more:
+                    return False
+                head.extend(more)
+            return True
+
+        try:
+            if not fill(PARTS_HEAD.size):
+                return None
+            size = read_parts_prefix(head, length)[0]
+            if not fill(size):
+                return None
+            size, pickle_len, entries = read_parts_prefix(head, length)
+        except ValueError as exc:
+            if not self._skip(length - len(head)):
+                return None
+            return (PARTS, cid, str(exc))
+        if not fill(min(size + pickle_len, length)):
+            return None
+        data = bytes(head[size : size + pickle_len])
+        rest = memoryview(head)[size + pickle_len :]
+        bufs = []
+        for n, kind in entries:
+            buf = bytearray(n)
+            have = min(n, len(rest))
+            buf[:have] = rest[:have]
+            rest = rest[have:]
+            view = memoryview(buf)
+            while have < n:
+                got = io.readinto(view[have:])
+                if not got:
+                    return None
+                have += got
+            view.release()
+            bufs.append(_as_kind(buf, kind))
+        return (PARTS, cid, (data, bufs))
+
+    def _skip(self, n: int) -> bool:
+        while n > 0:
+            got = len(self._io.read(min(n, READ_SIZE)))
+            if not got:
+                return False
+            n -= got
+        return True
+
     def _dispatch(self, mtype: int, cid: int, payload: Any) -> None:
-        if mtype == DATA:
+        if mtype == DATA or mtype == PARTS:
             ch = self._channels.get(cid) or self._channel_for_id(cid)
             try:
-                item = loads(payload, self._channel_for_id, guard=self._guard_loads)
+                bufs = None
+                if mtype == PARTS:
+                    payload, bufs = _split_parts(payload)
+                item = loads(payload, self._channel_for_id, guard=self._guard_loads, buffers=bufs)
             except ProtocolError:
                 raise  # a channel id the peer may not use: the connection ends
             except DataFormatError as exc:

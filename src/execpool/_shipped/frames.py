@@ -33,6 +33,7 @@ CLOSE_ERROR = 4  # either way: utf-8 traceback text; as CLOSE, with an error
 STATUS = 5  # master -> worker: empty; the reply (a dict, then CLOSE) goes to the channel id
 TERMINATE = 6  # master -> worker: empty; shut down
 HELLO = 7  # worker -> master, first frame: dumps(info dict)
+PARTS = 8  # either way: as DATA, with out-of-band buffers after the pickle (see parts_prefix)
 
 _NAMES = {
     EXEC: "EXEC",
@@ -42,6 +43,7 @@ _NAMES = {
     STATUS: "STATUS",
     TERMINATE: "TERMINATE",
     HELLO: "HELLO",
+    PARTS: "PARTS",
 }
 
 HEADER = struct.Struct("!BII")
@@ -51,6 +53,57 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 #: The largest cap that the 4-byte length field can express.
 LIMIT_MAX_FRAME = 2**32 - 1
+
+
+#: A PARTS payload starts with the pickle's length and the buffer count, then one
+#: (length, kind) entry per buffer; the pickle follows, then the buffers in order.
+PARTS_HEAD = struct.Struct("!II")
+PARTS_ENTRY = struct.Struct("!QB")
+#: What a buffer becomes on the receiving side: a bytearray (the sender's buffer was
+#: writable), bytes (it was a bytes object), or a read-only memoryview (any other read-only one).
+BUF_WRITABLE = 0
+BUF_BYTES = 1
+BUF_READONLY = 2
+#: Most buffers one PARTS frame may carry.
+MAX_PARTS = 4096
+
+
+def parts_prefix(pickle_len: int, buffers: List[Tuple[int, int]]) -> bytes:
+    """The start of a PARTS payload: the pickle's length, then (length, kind) per buffer."""
+    out = [PARTS_HEAD.pack(pickle_len, len(buffers))]
+    out.extend(PARTS_ENTRY.pack(n, kind) for n, kind in buffers)
+    return b"".join(out)
+
+
+def read_parts_prefix(data: Union[bytes, bytearray, memoryview], length: int) -> Tuple[int, int, List[Tuple[int, int]]]:
+    """Check the prefix of a ``length``-byte PARTS payload that starts with ``data``.
+
+    Returns ``(prefix size, pickle length, [(buffer length, kind), ...])``, or raises
+    ValueError with what is wrong (the lengths must add up to the frame's exactly).
+    ``data`` must hold at least ``PARTS_HEAD.size`` bytes; if it does not hold the whole
+    table, the returned prefix size says how many bytes are needed.
+    """
+    if length < PARTS_HEAD.size:
+        raise ValueError("a PARTS payload of %d bytes is shorter than its %d-byte head" % (length, PARTS_HEAD.size))
+    pickle_len, count = PARTS_HEAD.unpack_from(data, 0)
+    if count > MAX_PARTS:
+        raise ValueError("a PARTS payload declares %d buffers, more than the limit of %d" % (count, MAX_PARTS))
+    size = PARTS_HEAD.size + count * PARTS_ENTRY.size
+    if size > length:
+        raise ValueError(
+            "a PARTS payload of %d bytes declares %d buffers, whose table alone is longer" % (length, count)
+        )
+    if len(data) < size:
+        return size, pickle_len, []
+    entries = [PARTS_ENTRY.unpack_from(data, PARTS_HEAD.size + i * PARTS_ENTRY.size) for i in range(count)]
+    total = size + pickle_len
+    for n, kind in entries:
+        if kind > BUF_READONLY:
+            raise ValueError("a PARTS payload names buffer kind %d (known: 0, 1, 2)" % kind)
+        total += n
+    if total != length:
+        raise ValueError("a PARTS payload's parts add up to %d bytes, not the frame's %d" % (total, length))
+    return size, pickle_len, entries
 
 
 def type_name(mtype: int) -> str:

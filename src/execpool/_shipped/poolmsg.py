@@ -9,10 +9,11 @@ master -> pool worker:
 - the config dict, once, first (see ``poolworker.main``);
 - ``(FUNCTION, fid, function)``: ``fid`` an int naming the function in later
   ``TASKS``; ``function`` the pickled callable;
-- ``(TASKS, cid, fid, mode, items)``: ``cid`` an int naming the chunk, ``fid``
-  a function sent before, ``mode`` one of ``MODE_MAP`` (``f(item)``),
+- ``(TASKS, cid, fid, mode, items, buffers)``: ``cid`` an int naming the chunk,
+  ``fid`` a function sent before, ``mode`` one of ``MODE_MAP`` (``f(item)``),
   ``MODE_STAR`` (``f(*item)``), ``MODE_APPLY`` (``f(*args, **kwargs)``),
-  ``items`` the pickled list of the chunk's items;
+  ``items`` the pickled list of the chunk's items, ``buffers`` its out-of-band
+  pickle buffers (a list, usually empty: see :func:`dumps_oob`);
 - ``(ADD_PATH, directories)``: a list of str put in front of ``sys.path``;
 - ``(FORGET,)``: the worker drops its loaded functions (they are sent again);
 - ``(EXIT,)``: the worker loop returns.
@@ -25,10 +26,11 @@ pool worker -> master (each field checked by :func:`from_worker`):
 - ``(INIT_ERROR, pack)``: instead of ``READY`` when the initializer raised;
 - ``(BEGUN, cid)``: the worker starts chunk ``cid`` (only when the config
   asked, for ``timeout=``);
-- ``(RESULTS, cid, data, busy, errors)``: chunk ``cid`` is done; ``data`` the
-  bytes of its results list, ``busy`` the seconds (a float >= 0) it ran;
-  ``errors`` None or a list of ``(i, pack)``, ``i`` the position of the item
-  that raised (-1: the whole chunk failed to load).
+- ``(RESULTS, cid, data, busy, errors, buffers)``: chunk ``cid`` is done;
+  ``data`` the bytes of its results list, ``busy`` the seconds (a float >= 0)
+  it ran; ``errors`` None or a list of ``(i, pack)``, ``i`` the position of the
+  item that raised (-1: the whole chunk failed to load); ``buffers`` the
+  out-of-band buffers of ``data`` (a list of bytes, bytearray or memoryview).
 
 A ``pack`` is ``(pickled exception or None, type name, message, traceback
 text)``, the three texts str.
@@ -39,6 +41,7 @@ Stdlib only, valid on CPython 3.8 (this file runs in every pool worker).
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 # -- master -> pool worker
@@ -84,11 +87,42 @@ class Results(NamedTuple):
     data: bytes
     busy: float
     errors: Optional[List[Tuple[int, Pack]]]
+    buffers: List[Any] = []
+
+
+#: Buffers of at least this many bytes (numpy arrays, bytes, bytearray, ...) leave the pickle of
+#: a pool's arguments or results and travel out of band, written and read without a copy.
+OOB_MIN = 64 * 1024
+
+
+def dumps_oob(obj: Any, protocol: int, dumps: Any = pickle.dumps) -> Tuple[bytes, List[Any]]:
+    """Pickle ``obj`` (``dumps``: pickle's or cloudpickle's) with its large buffers out of band.
+
+    Returns the pickle and its ``PickleBuffer`` list (empty below protocol 5), to be sent
+    together; ``pickle.loads(data, buffers=...)`` takes them back.
+    """
+    if protocol < 5:
+        return dumps(obj, protocol), []
+    bufs: List[Any] = []
+
+    def keep(buf: Any) -> bool:
+        if buf.raw().nbytes < OOB_MIN:
+            return True  # small: in band
+        bufs.append(buf)
+        return False
+
+    return dumps(obj, protocol, buffer_callback=keep), bufs
+
+
+def size_of(data: bytes, buffers: List[Any]) -> int:
+    """Bytes a pickle and its out-of-band buffers take on the wire."""
+    return len(data) + sum(memoryview(b).nbytes for b in buffers)
 
 
 WorkerMessage = Union[Ready, InitError, Begun, Results]
 
-_ARITY = {READY: 2, INIT_ERROR: 2, BEGUN: 2, RESULTS: 5}
+_ARITY = {READY: 2, INIT_ERROR: 2, BEGUN: 2, RESULTS: 6}
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
 
 
 def _short(value: Any) -> str:
@@ -127,8 +161,12 @@ def from_worker(msg: Any) -> WorkerMessage:
     if len(msg) != arity:
         raise MalformedMessage("%s message has %d fields, not %d" % (kind, len(msg), arity))
     if kind == RESULTS:
-        _, cid, data, busy, errors = msg
+        _, cid, data, busy, errors, buffers = msg
         _int(kind, "cid", cid)
+        if not isinstance(buffers, list) or not all(type(b) in _BUFFER_TYPES for b in buffers):
+            raise MalformedMessage(
+                "%s message: field buffers is %s, not a list of bytes-like" % (kind, _short(buffers))
+            )
         if not isinstance(data, bytes):
             raise MalformedMessage("%s message: field data is %s, not bytes" % (kind, _short(data)))
         if type(busy) not in (int, float) or not math.isfinite(busy) or busy < 0:
@@ -141,7 +179,7 @@ def from_worker(msg: Any) -> WorkerMessage:
                     raise MalformedMessage("%s message: an errors entry is %s, not (i, pack)" % (kind, _short(entry)))
                 _int(kind, "errors[].i", entry[0])
                 _pack(kind, "errors[].pack", entry[1])
-        return Results(cid, data, float(busy), errors)
+        return Results(cid, data, float(busy), errors, buffers)
     if kind == BEGUN:
         return Begun(_int(kind, "cid", msg[1]))
     if kind == INIT_ERROR:

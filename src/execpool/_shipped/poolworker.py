@@ -122,19 +122,22 @@ class Worker:
         self.protocol = min(config.get("protocol", 4), pickle.HIGHEST_PROTOCOL)
         self.funcs: Dict[int, Any] = {}
 
-    def dump_results(self, results: Any) -> bytes:
+    def dump_results(self, results: Any) -> Tuple[bytes, List[Any]]:
+        """The pickle of ``results`` and its out-of-band buffers (none with trust_workers=False)."""
         if self.trusted:
-            return pickle.dumps(results, self.protocol)
+            return _msg.dumps_oob(results, self.protocol)
         data: bytes = _serial.dumps(results)
-        return data
+        return data, []
 
-    def run_chunk(self, fid: int, mode: int, payload: bytes) -> Tuple[List[Any], Optional[List[Any]]]:
+    def run_chunk(
+        self, fid: int, mode: int, payload: bytes, buffers: Any = ()
+    ) -> Tuple[List[Any], Optional[List[Any]]]:
         """Run one chunk; return (results, errors) with errors None or [(i, pack)]."""
         func: Any = self.funcs.get(fid)
         try:
             if isinstance(func, BaseException):
                 raise func
-            items = pickle.loads(payload)
+            items = pickle.loads(payload, buffers=buffers)
         except Exception as exc:
             pack = pack_exception(exc, self.trusted)
             return [None], [(-1, pack)]
@@ -158,8 +161,8 @@ class Worker:
                 errors.append((i, pack_exception(exc, self.trusted)))
         return results, errors
 
-    def encode(self, results: List[Any], errors: Optional[List[Any]]) -> Tuple[bytes, Optional[List[Any]]]:
-        """Pickle ``results``; an item that cannot travel becomes that item's error."""
+    def encode(self, results: List[Any], errors: Optional[List[Any]]) -> Tuple[Any, Optional[List[Any]]]:
+        """Pickle ``results`` (``(data, buffers)``); an item that cannot travel becomes that item's error."""
         try:
             return self.dump_results(results), errors
         except Exception:
@@ -184,7 +187,7 @@ class Worker:
 
     def shrink(
         self, results: List[Any], errors: Optional[List[Any]], size: int, limit: int
-    ) -> Tuple[bytes, Optional[List[Any]]]:
+    ) -> Tuple[Any, Optional[List[Any]]]:
         """Results that pickle to ``size`` bytes, over ``limit``: make those that cannot fit errors.
 
         A result too large on its own fails its task; if the rest still does not fit, the
@@ -199,7 +202,7 @@ class Worker:
         for i, value in enumerate(results):
             if i in failed:
                 continue
-            own = len(self.dump_results(value))
+            own = _msg.size_of(*self.dump_results(value))
             if own > limit:
                 err = ValueError(
                     "the task's result pickles to %d bytes, over the frame cap of %d bytes: %s"
@@ -209,11 +212,11 @@ class Worker:
                 failed.add(i)
                 results[i] = None
         data = self.dump_results(results)
-        if len(data) > limit:
+        if _msg.size_of(*data) > limit:
             err = ValueError(
                 "the results of the task's chunk (%d tasks) pickle to %d bytes together, over the frame cap "
                 "of %d bytes: pass a smaller chunksize=, or %s"
-                % (len(results), len(data), limit + FRAME_MARGIN, advice)
+                % (len(results), _msg.size_of(*data), limit + FRAME_MARGIN, advice)
             )
             for i in range(len(results)):
                 if i not in failed:
@@ -231,16 +234,21 @@ class Worker:
             msg = receive()
             kind = msg[0]
             if kind == _msg.TASKS:
-                _, cid, fid, mode, payload = msg
+                _, cid, fid, mode, payload, buffers = msg
                 if self.begin:
                     send((_msg.BEGUN, cid))
                 t0 = time.perf_counter()
-                results, errors = self.run_chunk(fid, mode, payload)
-                data, errors = self.encode(results, errors)
+                results, errors = self.run_chunk(fid, mode, payload, buffers)
+                del msg, payload, buffers  # the arguments' memory goes before the results are sent
+                dumped, errors = self.encode(results, errors)
                 limit = getattr(channel.gateway, "_max_frame", 0) - FRAME_MARGIN
-                if len(data) > limit > 0:
-                    data, errors = self.shrink(results, errors, len(data), limit)
-                send((_msg.RESULTS, cid, data, time.perf_counter() - t0, errors))
+                size = _msg.size_of(*dumped)
+                if size > limit > 0:
+                    dumped, errors = self.shrink(results, errors, size, limit)
+                del results
+                data, bufs = dumped
+                send((_msg.RESULTS, cid, data, time.perf_counter() - t0, errors, bufs))
+                del dumped, data, bufs
             elif kind == _msg.FUNCTION:
                 _, fid, payload = msg
                 try:

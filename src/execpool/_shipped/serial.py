@@ -51,7 +51,7 @@ from .loadcheck import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Dict
+    from typing import Any, Dict, List, Tuple
 
 #: Pickle protocol of every message; 5 is readable by CPython 3.8 and later.
 PROTOCOL = 5
@@ -75,8 +75,30 @@ def _refuse(obj: object) -> DumpError:
     )
 
 
-def _refuse_buffer(buf: object) -> bool:
-    raise DumpError("cannot send a pickle.PickleBuffer over a channel; send bytes or bytearray")
+#: Buffers at least this large travel out of band: after the pickle, never copied into it.
+OOB_MIN = 64 * 1024
+#: Most out-of-band buffers of one message (more travel in band); the frame layer's limit.
+OOB_MAX = 4096
+
+
+class _Sink:
+    """The ``buffer_callback`` of a pickler: refuses ``PickleBuffer`` for :func:`dumps`, and
+    for :func:`dumps_parts` takes large ones out of band (returning False keeps them out)."""
+
+    __slots__ = ("bufs",)
+
+    def __init__(self) -> None:
+        self.bufs: Any = None
+
+    def __call__(self, buf: Any) -> bool:
+        bufs = self.bufs
+        if bufs is None:
+            raise DumpError("cannot send a pickle.PickleBuffer with dumps(); send bytes or bytearray")
+        raw = buf.raw()
+        if raw.nbytes < OOB_MIN or len(bufs) >= OOB_MAX:
+            return True
+        bufs.append(raw)
+        return False
 
 
 class _Pickler(_cpickle.Pickler):
@@ -122,13 +144,29 @@ def dumps(obj: object, channel_id: Callable[[Any], int] | None = None) -> bytes:
     ``channel_id`` maps a channel to the id it has on the connection the bytes
     will travel over; without it, data holding a channel is refused.
     """
+    return _dump(obj, channel_id, None)[0]
+
+
+def dumps_parts(obj: object, channel_id: Callable[[Any], int] | None = None) -> Tuple[bytes, List[memoryview]]:
+    """As :func:`dumps`, but ``obj`` may hold ``pickle.PickleBuffer`` objects: those of at
+    least ``OOB_MIN`` bytes are left out of the pickle and returned as memoryviews, to be
+    written after it without a copy (a PARTS frame); :func:`loads` takes them back with
+    ``buffers=``.  A writable buffer loads as a bytearray, one over bytes as bytes, any other
+    read-only one as a read-only memoryview (as pickle's in-band forms of them do).
+    """
+    return _dump(obj, channel_id, [])
+
+
+def _dump(obj: object, channel_id: Callable[[Any], int] | None, bufs: Any) -> Tuple[bytes, List[memoryview]]:
     f: io.BytesIO
     p: _Pickler
     try:
-        f, p = _idle.pop()
+        f, p, sink = _idle.pop()
     except IndexError:
         f = io.BytesIO()
-        p = _Pickler(f, PROTOCOL, buffer_callback=_refuse_buffer)
+        sink = _Sink()
+        p = _Pickler(f, PROTOCOL, buffer_callback=sink)
+    sink.bufs = bufs
     try:
         p.dump(obj)
     except _NeedsSlowPath:
@@ -141,18 +179,21 @@ def dumps(obj: object, channel_id: Callable[[Any], int] | None = None) -> bytes:
             f.seek(0)
             f.truncate()
             p.clear_memo()
-            _idle.append((f, p))
-        return data
+            sink.bufs = None
+            _idle.append((f, p, sink))
+        return data, bufs
     # The data holds a complex number or a channel: write it again with persistent ids
     # (the pickler that raised is not put back: its state is unknown).
     f = io.BytesIO()
-    slow = _SlowPickler(f, PROTOCOL, buffer_callback=_refuse_buffer)
+    sink = _Sink()
+    sink.bufs = None if bufs is None else []
+    slow = _SlowPickler(f, PROTOCOL, buffer_callback=sink)
     slow.channel_id = channel_id
     try:
         slow.dump(obj)
     except RecursionError:
         raise DumpError("cannot send data nested this deeply over a channel") from None
-    return f.getvalue()
+    return f.getvalue(), sink.bufs
 
 
 class _Unpickler(_cpickle.Unpickler):
@@ -265,6 +306,7 @@ def loads(
     max_depth: int | None = None,
     max_collisions: int | None = None,
     guard: bool = True,
+    buffers: Any = None,
 ) -> Any:
     """Load bytes made by :func:`dumps`; raise :class:`DataFormatError` for anything else.
 
@@ -276,7 +318,8 @@ def loads(
     and ``max_collisions``, from ``EXECPOOL_MAX_DEPTH`` and
     ``EXECPOOL_MAX_HASH_COLLISIONS``).  ``guard=False`` skips those two bounds (never
     the refusal of globals): for data from a peer that may run code here anyway, as a
-    worker's master does.
+    worker's master does.  ``buffers``: the out-of-band buffers of a message made by
+    :func:`dumps_parts`, in order.
     """
     depth = _module_max_depth() if max_depth is None else max_depth
     if type(data) is not bytes:
@@ -292,12 +335,12 @@ def loads(
     collisions = _module_max_collisions() if max_collisions is None else max_collisions
     try:
         if guarded:
-            g = _guarded_unpickler()(io.BytesIO(data))
+            g = _guarded_unpickler()(io.BytesIO(data), buffers=buffers)
             g.channel_for_id = channel_for_id
             g.setup(depth, collisions, n)
             value = g.load()
         else:
-            u = _Unpickler(io.BytesIO(data))
+            u = _Unpickler(io.BytesIO(data), buffers=buffers)
             if channel_for_id is not None:
                 u.channel_for_id = channel_for_id
             value = u.load()
@@ -312,7 +355,7 @@ def loads(
         raise DataFormatError(too_deep_message(depth))
     # READONLY_BUFFER turns a bytes-like value into a memoryview without asking find_class;
     # dumps never writes it.  Its byte is rare enough that looking only then costs nothing.
-    if readonly and b"\x98" in data and holds_memoryview(value):
+    if readonly and buffers is None and b"\x98" in data and holds_memoryview(value):
         raise DataFormatError("refused a memoryview (READONLY_BUFFER opcode): channel data holds only builtin values")
     return value
 
