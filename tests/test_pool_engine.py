@@ -86,6 +86,8 @@ def test_well_formed_messages_become_typed_records(message: Any, expected: Any) 
         (("results", 1, b"", 0.0, [("0", PACK)], []), "field errors[].i"),
         (("results", 1, b"", 0.0, [(0, ("x",))], []), "field errors[].pack"),
         (("results", 1, b"", 0.0, [(0, (1, "a", "b", "c"))], []), "field errors[].pack"),
+        (("results", 1, b"", 0.0, None, "buffers"), "field buffers"),
+        (("results", 1, b"", 0.0, None, [b"", 7]), "field buffers"),
         (("begun", "4"), "field cid"),
         (("init_error", "boom"), "field pack"),
         (("ready", []), "field info"),

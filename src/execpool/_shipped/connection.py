@@ -299,10 +299,11 @@ class BaseGateway:
         if extra:
             length += sum(b.nbytes for b in extra)
         if length > self._max_frame:
+            what = "channel" if mtype == DATA or mtype == PARTS else type_name(mtype)
             raise DumpError(
                 "a %s message of %d bytes is larger than the frame cap of %d bytes on %s: "
                 "send it in pieces, or raise the cap with max_frame= in the spec (both sides) "
-                "or EXECPOOL_MAX_FRAME_SIZE" % (type_name(mtype), length, self._max_frame, self.id)
+                "or EXECPOOL_MAX_FRAME_SIZE" % (what, length, self._max_frame, self.id)
             )
         header = _pack_header(mtype, cid, length)
         if not self._wlock.acquire(timeout=lock_timeout):

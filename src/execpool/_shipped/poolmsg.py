@@ -111,7 +111,37 @@ def dumps_oob(obj: Any, protocol: int, dumps: Any = pickle.dumps) -> Tuple[bytes
         bufs.append(buf)
         return False
 
-    return dumps(obj, protocol, buffer_callback=keep), bufs
+    data = dumps(obj, protocol, buffer_callback=keep)
+    if len(data) >= OOB_MIN and type(obj) is list:
+        # pickle writes bytes and bytearray in band: wrap the large ones among the items (and
+        # the items' arguments) in PickleBuffer, and pickle again; they load as they were
+        wrapped = _wrap_buffers(obj)
+        if wrapped is not None:
+            bufs = []
+            data = dumps(wrapped, protocol, buffer_callback=keep)
+    return data, bufs
+
+
+_BUFFER_WRAPPED = (bytes, bytearray)
+
+
+def _wrap_buffers(items: List[Any]) -> Optional[List[Any]]:
+    """``items`` with each bytes or bytearray of at least OOB_MIN bytes, there or in a tuple
+    item, as a ``PickleBuffer`` (None if there is none)."""
+    out = list(items)
+    found = False
+    for i, item in enumerate(out):
+        tp = type(item)
+        if tp in _BUFFER_WRAPPED:
+            if len(item) >= OOB_MIN:
+                out[i] = pickle.PickleBuffer(item)
+                found = True
+        elif tp is tuple and any(type(x) in _BUFFER_WRAPPED and len(x) >= OOB_MIN for x in item):
+            out[i] = tuple(
+                pickle.PickleBuffer(x) if type(x) in _BUFFER_WRAPPED and len(x) >= OOB_MIN else x for x in item
+            )
+            found = True
+    return out if found else None
 
 
 def size_of(data: bytes, buffers: List[Any]) -> int:
