@@ -119,7 +119,7 @@ def test_read_only_buffers_arrive_as_read_only_memoryviews(gw: execpool.Gateway)
 def test_many_buffers_beyond_the_table_limit_travel_in_band(gw: execpool.Gateway) -> None:
     ch = gw.remote_exec(ECHO)
     items = [pickle.PickleBuffer(bytearray(serial.OOB_MIN)) for _ in range(serial.OOB_MAX + 3)]
-    data, bufs = serial.dumps_parts(items)
+    _, bufs = serial.dumps_parts(items)
     assert len(bufs) == serial.OOB_MAX
     ch.send(items[:20])
     assert ch.receive(10) == [bytearray(serial.OOB_MIN)] * 20
