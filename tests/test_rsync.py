@@ -68,6 +68,15 @@ def test_initial_sync_to_two_targets_makes_equal_trees(src: Path, tmp_path: Path
     assert r.stats["gw0"]["files"] == 5 and r.stats["gw0"]["links"] == 1
 
 
+def test_two_targets_on_one_gateway_each_have_their_stats(src: Path, tmp_path: Path, gw: execpool.Gateway) -> None:
+    sync(src, (gw, tmp_path / "d1"))
+    r = sync(src, (gw, tmp_path / "d1"), (gw, tmp_path / "d2"))  # d1 is up to date, d2 is new
+    assert snapshot(tmp_path / "d2") == snapshot(src)
+    one, two = r.stats_by_target[(gw.id, str(tmp_path / "d1"))], r.stats_by_target[(gw.id, str(tmp_path / "d2"))]
+    assert one["files"] == 0 and two["files"] == 5
+    assert r.stats[gw.id] == {key: one[key] + two[key] for key in one}  # per gateway: summed, none lost
+
+
 def test_sync_works_with_a_worker_of_every_python(
     src: Path, tmp_path: Path, group: execpool.Group, interpreter: execpool.Interpreter
 ) -> None:

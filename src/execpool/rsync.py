@@ -104,8 +104,10 @@ class RSync:
         self._targets: list[tuple[Gateway, str, Callable[[], Any] | None, dict[str, Any]]] = []
         #: What the last send() found wrong in the source (vanished files, unreadable ones, ...).
         self.problems: list[str] = []
-        #: Per-target statistics of the last send(), keyed by gateway id.
+        #: Statistics of the last send() per gateway id, summed over that gateway's targets.
         self.stats: dict[str, dict[str, int]] = {}
+        #: Statistics of the last send() per target: ``(gateway id, destination directory)``.
+        self.stats_by_target: dict[tuple[str, str], dict[str, int]] = {}
         self._ahead: tuple[list[tuple[str, str, int, int, int, str | None]], list[str]] | None = None
 
     def filter(self, path: str) -> bool:
@@ -263,6 +265,7 @@ class RSync:
         ahead, self._ahead = self._ahead, None
         self.problems = list(ahead[1]) if ahead is not None else []
         self.stats = {}
+        self.stats_by_target = {}
         if not os.path.isdir(self._sourcedir):
             raise RSyncError("RSync source %s is not a directory" % self._sourcedir)
         # the receivers start (import, open their root) while the source is walked
@@ -315,7 +318,10 @@ class RSync:
             except (ExecpoolError, EOFError) as exc:
                 failed.append("%s:%s: %s" % (gateway.id, destdir, _short(exc)))
                 continue
-            self.stats[gateway.id] = stats
+            self.stats_by_target[(gateway.id, destdir)] = dict(stats)
+            summed = self.stats.setdefault(gateway.id, dict.fromkeys(stats, 0))
+            for key, value in stats.items():
+                summed[key] = summed.get(key, 0) + value
             for text in failures:  # one path that could not be written: the rest was synced
                 failed.append("%s:%s: %s" % (gateway.id, destdir, text))
             if finished is not None:
