@@ -321,6 +321,20 @@ def loads(
     worker's master does.  ``buffers``: the out-of-band buffers of a message made by
     :func:`dumps_parts`, in order.
     """
+    if type(data) is bytes and len(data) <= _SMALL and max_depth is None and buffers is None:
+        # The common case, a small message, without the checks below that it cannot need
+        # (its size bounds its nesting and its keys); any failure takes the full path.
+        if len(data) <= _module_max_depth() and not copyreg._extension_cache:  # type: ignore[attr-defined]
+            u = _Unpickler(io.BytesIO(data))
+            if channel_for_id is not None:
+                u.channel_for_id = channel_for_id
+            try:
+                value = u.load()
+            except Exception:
+                pass
+            else:
+                if b"\x98" not in data or not holds_memoryview(value):
+                    return value
     depth = _module_max_depth() if max_depth is None else max_depth
     if type(data) is not bytes:
         data = bytes(data)  # the C unpickler reads a BytesIO over bytes far faster
