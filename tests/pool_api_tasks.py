@@ -103,3 +103,13 @@ def stop_at_five(x: int) -> int:
     if x == 5:
         raise StopIteration("ran out at %d" % x)
     return x
+
+
+def log_and_fail_on_three(item: tuple[str, int]) -> int:
+    """Append ``x`` to the file ``path`` (one line per call), then fail on 3 and 6."""
+    path, x = item
+    with open(path, "a") as f:
+        f.write("%d\n" % x)
+    if x in (3, 6):
+        raise ValueError("task %d fails" % x)
+    return x * 10

@@ -615,6 +615,20 @@ def test_a_pool_left_running_at_interpreter_exit_ends_quietly(tmp_path: Path) ->
     assert proc.stderr == "", proc.stderr
 
 
+def test_each_task_of_a_chunk_runs_once_when_some_of_them_fail(tmp_path: Path) -> None:
+    log = tmp_path / "calls.log"
+    with execpool.Pool(1) as p:
+        out = p.imap(tasks.log_and_fail_on_three, [(str(log), x) for x in range(10)], chunksize=10)
+        got = []
+        for _ in range(10):
+            try:
+                got.append(next(out))
+            except ValueError as exc:
+                got.append(str(exc))
+    assert got == [0, 10, 20, "task 3 fails", 40, 50, "task 6 fails", 70, 80, 90]
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(10))  # once each
+
+
 @pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
 def test_a_task_raising_stopiteration_fails_its_call_instead_of_ending_the_iteration(trusted: bool) -> None:
     with execpool.Pool(2, trust_workers=trusted) as p:

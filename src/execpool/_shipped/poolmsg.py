@@ -112,9 +112,11 @@ def dumps_oob(obj: Any, protocol: int, dumps: Any = pickle.dumps) -> Tuple[bytes
         return False
 
     data = dumps(obj, protocol, buffer_callback=keep)
-    if len(data) >= OOB_MIN and type(obj) is list:
+    if len(data) >= OOB_MIN and type(obj) is list and len(data) >= 1024 * len(obj):
         # pickle writes bytes and bytearray in band: wrap the large ones among the items (and
-        # the items' arguments) in PickleBuffer, and pickle again; they load as they were
+        # the items' arguments) in PickleBuffer, and pickle again; they load as they were.
+        # Only for items of 1 KiB and more on average: the walk then costs nothing beside
+        # the pickling, and among many small items a few large ones copy little.
         wrapped = _wrap_buffers(obj)
         if wrapped is not None:
             bufs = []

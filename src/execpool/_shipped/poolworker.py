@@ -108,6 +108,9 @@ def pack_exception(exc: BaseException, trusted: bool) -> Tuple[Optional[bytes], 
     return (pickled, name, message, tb)
 
 
+#: What a generator makes of a StopIteration raised inside it (PEP 479).
+_PEP479 = "generator raised StopIteration"
+
 #: Bytes of a results message's frame left for what wraps the pickled results (the errors, the ids).
 FRAME_MARGIN = 64 * 1024
 
@@ -144,7 +147,24 @@ class Worker:
         results: List[Any] = []
         errors: Optional[List[Any]] = None
         append = results.append
-        for i, item in enumerate(items):
+        start = 0
+        if mode == MODE_MAP:
+            # The loop in C: extend() keeps what the tasks before a failing one returned, and
+            # the tasks after it run one by one below (each task runs exactly once).
+            try:
+                results.extend(func(item) for item in items)
+                return results, None
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit in a task is that task's failure
+                cause = exc.__cause__
+                if type(exc) is RuntimeError and isinstance(cause, StopIteration) and str(exc) == _PEP479:
+                    exc = cause  # the task raised StopIteration; the generator made it this
+                start = len(results)
+                append(None)
+                errors = [(start, pack_exception(exc, self.trusted))]
+                start += 1
+        for i, item in enumerate(items[start:], start):
             try:
                 if mode == MODE_MAP:
                     append(func(item))
