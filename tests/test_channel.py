@@ -167,7 +167,14 @@ def test_a_failing_callback_closes_the_channel_with_its_error(
 
     ch.setcallback(bad)
     ch.waitclose(30)
-    assert wait_until(lambda: "REMOTE SAW RuntimeError: callback failed" in capsys.readouterr().err, timeout=30)
+    seen = ""
+
+    def saw() -> bool:  # accumulate: a line written while readouterr() truncates would be lost
+        nonlocal seen
+        seen += capsys.readouterr().err
+        return "REMOTE SAW RuntimeError: callback failed" in seen
+
+    assert wait_until(saw, timeout=30), seen
 
 
 def test_callback_runs_in_the_reader_thread_for_live_items(gw: execpool.Gateway) -> None:

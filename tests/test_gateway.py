@@ -488,6 +488,37 @@ def test_remote_output_reaches_local_stderr_with_the_gateway_id(
     assert wait_until(all_seen, timeout=10), seen
 
 
+def test_one_thread_relays_the_stderr_of_every_local_worker_and_ends_with_them() -> None:
+    # in a fresh interpreter: other tests' gateways in this process would keep the pump alive
+    script = textwrap.dedent(
+        """
+        import threading, time, execpool
+
+        def pumps():
+            return [t for t in threading.enumerate() if t.name == "execpool-stderr"]
+
+        gws = [execpool.makegateway("popen") for _ in range(6)]
+        print("pumps while running", len(pumps()), flush=True)
+        for g in gws:
+            g.remote_exec("import os; os.write(2, b'line from %s\\\\n')" % g.id).waitclose(10)
+        for g in gws:
+            g.exit()
+        deadline = time.monotonic() + 10
+        while pumps() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("pumps after exit", len(pumps()), flush=True)
+        """
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pumps while running 1" in out.stdout, out.stdout
+    assert "pumps after exit 0" in out.stdout, out.stdout
+    for n in range(6):
+        assert "[gw%d] line from gw%d" % (n, n) in out.stderr, out.stderr
+
+
 def test_frame_like_bytes_written_to_stdout_do_not_corrupt_the_protocol(gw: execpool.Gateway) -> None:
     ch = gw.remote_exec(
         """

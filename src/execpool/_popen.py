@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import os
+import selectors
 import shlex
 import signal
 import subprocess
@@ -51,15 +52,28 @@ class StderrRelay:
         #: What relayed stderr lines start with.
         self.prefix = "[%s] " % gateway_id
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._pump: threading.Thread | None = None
+        self._pump: threading.Thread | _Relayed | None = None
         self._held: list[str] | None = []
         self._held_lock = threading.Lock()
 
     def _start_relay(self, read: Callable[[int], bytes]) -> None:
+        """Relay what ``read(n)`` returns, in a thread of this relay's own (for streams that
+        are not file descriptors: paramiko's channel, a relayed worker)."""
         self._pump = threading.Thread(
             target=self._relay_stderr, args=(read,), name="execpool-stderr-%s" % self.gateway_id, daemon=True
         )
         self._pump.start()
+
+    def _start_fd_relay(self, fd: int) -> None:
+        """Relay the pipe ``fd``: one thread serves the pipes of every local worker process."""
+        self._pump = _PUMP.add(fd, self)
+
+    def _feed(self, pending: bytes, data: bytes) -> bytes:
+        """Emit the complete lines of ``pending + data``; return the incomplete rest."""
+        *lines, rest = (pending + data).split(b"\n")
+        for line in lines:
+            self._emit(line)
+        return rest
 
     def _relay_stderr(self, read: Callable[[int], bytes]) -> None:
         pending = b""
@@ -72,10 +86,7 @@ class StderrRelay:
                 if pending:
                     self._emit(pending)
                 return
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._emit(line)
+            pending = self._feed(pending, data)
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
@@ -107,6 +118,109 @@ class StderrRelay:
         if self._pump is not None and self._pump is not threading.current_thread():
             self._pump.join(timeout)
         self.release_stderr(emit)
+
+
+class _Relayed:
+    """A relayed pipe, as the code that waits for its end sees it: ``join(timeout)``,
+    ``is_alive()`` (the end: EOF or an error reading it)."""
+
+    def __init__(self, relay: StderrRelay) -> None:
+        self.relay = relay
+        self.pending = b""
+        self.ended = threading.Event()
+
+    def join(self, timeout: float | None = None) -> None:
+        if threading.current_thread() is not _PUMP.thread:  # the pump cannot wait for itself
+            self.ended.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return not self.ended.is_set()
+
+
+class _StderrPump:
+    """One thread that relays the stderr pipes of all local worker processes (popen, ssh).
+
+    A selector over the pipes; the thread starts with the first pipe and ends when the last
+    one has reached its end, so an idle master has no thread for it, and a busy one a single
+    thread whatever the number of workers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._selector: selectors.BaseSelector | None = None
+        self.thread: threading.Thread | None = None
+
+    def add(self, fd: int, relay: StderrRelay) -> _Relayed:
+        handle = _Relayed(relay)
+        with self._lock:
+            if self._selector is None:
+                self._selector = selectors.DefaultSelector()
+            stale = self._selector.get_map().get(fd)
+            if stale is not None:  # a number closed under us and reused: that pipe has ended
+                self._selector.unregister(fd)
+                stale.data.ended.set()
+            self._selector.register(fd, selectors.EVENT_READ, handle)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, args=(self._selector,), name="execpool-stderr", daemon=True
+                )
+                self.thread.start()
+        return handle
+
+    def _run(self, selector: selectors.BaseSelector) -> None:
+        while True:
+            with self._lock:
+                if not selector.get_map():
+                    self.thread = None
+                    return
+            try:
+                ready = selector.select(1.0)
+            except (OSError, ValueError):  # a pipe closed under us: find it below
+                ready = []
+                for key in list(selector.get_map().values()):
+                    try:
+                        os.fstat(key.fd)
+                    except OSError:
+                        self._end(selector, key)
+            for key, _ in ready:
+                handle = key.data
+                try:
+                    data = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._end(selector, key)
+                    continue
+                try:
+                    handle.pending = handle.relay._feed(handle.pending, data)
+                except Exception:  # one relay's trouble (a broken sys.stderr) must not stop the rest
+                    pass
+
+    def _end(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        handle = key.data
+        with self._lock:
+            try:
+                selector.unregister(key.fd)
+            except (KeyError, ValueError):
+                pass
+        try:
+            if handle.pending:
+                handle.relay._emit(handle.pending)
+        except Exception:
+            pass
+        handle.ended.set()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._selector = None  # the parent's pipes are not this process's business
+        self.thread = None
+
+
+_PUMP = _StderrPump()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PUMP._after_fork)
 
 
 def split_python(spec: object, python: str) -> list[str]:
@@ -158,8 +272,7 @@ class PopenTransport(StderrRelay):
         _trace.trace("started", self.gateway_id, "pid", self.proc.pid, "argv", self.argv[:-2])
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         enlarge_pipe(self.proc.stdin.fileno())
-        stderr_fd = self.proc.stderr.fileno()
-        self._start_relay(lambda n: os.read(stderr_fd, n))
+        self._start_fd_relay(self.proc.stderr.fileno())
         # The gateway's FdIO owns duplicates (non-inheritable, so later children do not
         # hold them open); the originals are closed so that closing the dup means EOF.
         io = FdIO(os.dup(self.proc.stdout.fileno()), os.dup(self.proc.stdin.fileno()))
